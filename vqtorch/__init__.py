@@ -1,0 +1,1 @@
+"""vqtorch: a drop-in ``VectorQuantize`` layer for PyTorch backed by vqcore."""
