@@ -1,6 +1,19 @@
 """vqcore: exact vector quantization in Numba-jitted NumPy, importable without torch."""
+from .cluster import kmeans
 from .comm import Communicator, SerialComm
+from .sampling import gumbel_sample, sample_multinomial, sample_vectors
+from .search import distances, nearest
 
 __version__ = "0.1.0"
 
-__all__ = ["Communicator", "SerialComm", "__version__"]
+__all__ = [
+    "Communicator",
+    "SerialComm",
+    "distances",
+    "gumbel_sample",
+    "kmeans",
+    "nearest",
+    "sample_multinomial",
+    "sample_vectors",
+    "__version__",
+]

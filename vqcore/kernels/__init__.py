@@ -1,0 +1,1 @@
+"""Numba kernels.  They do not validate: the public functions in vqcore do."""
