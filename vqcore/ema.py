@@ -1,0 +1,204 @@
+"""The codebook-training engine: the seed's EMA step as small array functions.
+
+Everything works on float32 numpy arrays; functions whose name ends in ``_``
+update their first arguments in place (so they also run on zero-copy views of
+torch buffers).  Statistics that must be global in a distributed run go
+through a communicator (``comm``); the division happens after the reduction.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._config import num_threads
+from .cluster import l2_normalize
+from .comm import resolve_comm
+from .kernels.stats import segment_sums
+from .sampling import sample_vectors
+
+__all__ = [
+    "cluster_stats",
+    "ema_update_",
+    "laplace_smoothing",
+    "expire_codes_",
+    "batch_stats",
+    "decay_update",
+    "affine_embed",
+    "affine_to_codebook",
+]
+
+_NO_MASK = np.zeros(0, dtype=np.bool_)
+# The seed clamps variances here before taking square roots.
+VARIANCE_FLOOR = 1e-5
+
+
+def cluster_stats(x, indices, num_codes, *, mask=None, comm=None):
+    """Rows and row sums per code: the seed's ``bins`` and ``embed_sum``.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n_codebooks, n, d)
+    indices : ndarray of int64, shape (n_codebooks, n), values in [0, num_codes)
+    num_codes : int
+    mask : ndarray of bool, shape (n_codebooks, n), optional
+        Rows where False are left out.
+    comm : Communicator, optional
+        Counts and sums are all-reduced (one message).
+
+    Returns
+    -------
+    counts : ndarray of float32, shape (n_codebooks, num_codes)
+    sums : ndarray of float32, shape (n_codebooks, num_codes, d)
+    """
+    comm = resolve_comm(comm)
+    c, n, d = x.shape
+    threads = num_threads()
+    stats = np.zeros((c, num_codes, d + 1))  # counts ride in the last column
+    for h in range(c):
+        sums = np.zeros((threads, num_codes, d))
+        counts = np.zeros((threads, num_codes))
+        row_mask = _NO_MASK if mask is None else np.ascontiguousarray(mask[h])
+        segment_sums(np.ascontiguousarray(x[h]), np.ascontiguousarray(indices[h]), row_mask, threads, sums, counts)
+        stats[h, :, :d] = sums.sum(axis=0)
+        stats[h, :, d] = counts.sum(axis=0)
+    comm.allreduce_sum_(stats)
+    return stats[..., d].astype(np.float32), stats[..., :d].astype(np.float32)
+
+
+def _lerp_(old, new, weight):
+    # torch.lerp's two-sided formula, so EMA buffers round like the seed's.
+    if weight < 0.5:
+        old += np.float32(weight) * (new - old)
+    else:
+        old[...] = new - (new - old) * np.float32(1.0 - weight)
+
+
+def laplace_smoothing(counts, eps):
+    """The seed's smoothed cluster sizes, rescaled to the same total.
+
+    ``(n_i + eps) / (N + k * eps) * N`` per codebook, so a code with no rows
+    never divides by zero.
+    """
+    total = counts.sum(axis=-1, keepdims=True)
+    k = counts.shape[-1]
+    return (counts + np.float32(eps)) / (total + np.float32(k * eps)) * total
+
+
+def ema_update_(cluster_size, embed_avg, embed, counts, sums, *, decay, eps, cosine=False):
+    """One EMA step of the codebook, in place.
+
+    ``cluster_size`` and ``embed_avg`` move towards this batch's ``counts`` and
+    ``sums`` by ``1 - decay``; ``embed`` becomes ``embed_avg`` over the
+    Laplace-smoothed sizes (unit-normalised for cosine codebooks).
+    """
+    _lerp_(cluster_size, counts, 1.0 - decay)
+    _lerp_(embed_avg, sums, 1.0 - decay)
+    smoothed = laplace_smoothing(cluster_size, eps)
+    normalized = embed_avg / smoothed[..., None]
+    if cosine:
+        normalized = l2_normalize(normalized)
+    embed[...] = normalized
+
+
+def expire_codes_(embed, embed_avg, cluster_size, samples, *, threshold, reset_cluster_size, rng, cosine=False, comm=None):
+    """Replace codes whose EMA size fell below ``threshold`` by random batch vectors.
+
+    Parameters
+    ----------
+    embed, embed_avg : ndarray of shape (n_codebooks, k, d)   # INOUT
+    cluster_size : ndarray of shape (n_codebooks, k)          # INOUT
+    samples : ndarray of shape (n_codebooks, m, d)
+        The batch (unmasked, before any affine transform, as in the seed).
+    threshold : float
+        0 turns expiry off.
+    reset_cluster_size : float
+        The size a replaced code restarts with (its ``embed_avg`` is the new
+        vector times this).
+    rng : numpy.random.Generator
+    cosine : bool
+        Normalise the replacement vectors.
+    comm : Communicator, optional
+        Draw the replacements across ranks (rank 0 decides how many come from
+        each rank), so every rank replaces with the same vectors.
+
+    Returns
+    -------
+    ndarray of bool, shape (n_codebooks, k): the codes that were replaced.
+    """
+    comm = resolve_comm(comm)
+    expired = cluster_size < threshold if threshold > 0 else np.zeros(cluster_size.shape, dtype=bool)
+    if not expired.any():
+        return expired
+    if cosine:
+        samples = l2_normalize(samples)
+    for h in range(expired.shape[0]):
+        count = int(expired[h].sum())
+        if count == 0:
+            continue
+        if comm.size > 1:
+            from .comm import sample_vectors_distributed
+
+            new = sample_vectors_distributed(samples[h], count, rng, comm)
+        else:
+            new = sample_vectors(samples[h], count, rng)
+        embed[h][expired[h]] = new
+        cluster_size[h][expired[h]] = reset_cluster_size
+        embed_avg[h][expired[h]] = new * np.float32(reset_cluster_size)
+    return expired
+
+
+def batch_stats(data, mask=None, *, comm=None):
+    """Mean and biased variance of a batch per codebook set.
+
+    Parameters
+    ----------
+    data : ndarray of shape (n_codebooks, n, d)
+    mask : ndarray of bool, shape (n_codebooks, n), optional
+    comm : Communicator, optional
+        Global statistics: the number of rows and the sums are all-reduced
+        (the seed's ``sync_affine_param``); the variance is taken around the
+        global mean.
+
+    Returns
+    -------
+    mean, variance : ndarrays of float32, shape (n_codebooks, 1, d)
+    """
+    if mask is not None:
+        data = np.stack([part[m] for part, m in zip(data, mask)])
+    data64 = data.astype(np.float64)
+    if comm is None:
+        mean = data64.mean(axis=1, keepdims=True)
+        var = ((data64 - mean) ** 2).mean(axis=1, keepdims=True)
+        return mean.astype(np.float32), var.astype(np.float32)
+    head = np.array([float(data.shape[1])])
+    totals = np.concatenate([head, data64.sum(axis=1).ravel()])
+    comm.allreduce_sum_(totals)
+    count = totals[0]
+    mean = totals[1:].reshape(data.shape[0], 1, data.shape[2]) / count
+    numer = ((data64 - mean) ** 2).sum(axis=1, keepdims=True)
+    comm.allreduce_sum_(numer)
+    return mean.astype(np.float32), (numer / count).astype(np.float32)
+
+
+def decay_update(old, new, decay):
+    """``old * decay + new * (1 - decay)``; ``new`` itself when ``old`` is None."""
+    if old is None:
+        return np.array(new, dtype=np.float32)
+    return (old * np.float32(decay) + new * np.float32(1.0 - decay)).astype(np.float32)
+
+
+def _stds(codebook_variance, batch_variance):
+    codebook_std = np.sqrt(np.maximum(codebook_variance, np.float32(VARIANCE_FLOOR)))
+    batch_std = np.sqrt(np.maximum(batch_variance, np.float32(VARIANCE_FLOOR)))
+    return codebook_std, batch_std
+
+
+def affine_embed(embed, codebook_mean, codebook_variance, batch_mean, batch_variance):
+    """The codebook moved onto the batch statistics (the seed's ``affine_param``)."""
+    codebook_std, batch_std = _stds(codebook_variance, batch_variance)
+    return (embed - codebook_mean) * (batch_std / codebook_std) + batch_mean
+
+
+def affine_to_codebook(x, codebook_mean, codebook_variance, batch_mean, batch_variance):
+    """The inverse map: batch vectors moved onto the codebook statistics before the EMA update."""
+    codebook_std, batch_std = _stds(codebook_variance, batch_variance)
+    return (x - batch_mean) * (codebook_std / batch_std) + codebook_mean

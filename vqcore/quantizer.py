@@ -1,0 +1,425 @@
+"""``VectorQuantizer``: the seed's ``VectorQuantize`` layer as a numpy object.
+
+It trains the codebook (EMA, k-means init, dead codes, affine statistics) and
+encodes/decodes, with the seed's argument names, layouts and state-dict keys.
+Projections (``codebook_dim * heads != dim``) are applied but not trained
+here: load them from a layer trained in torch.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import _validate
+from .cluster import l2_normalize
+from .codebook import CosineSimCodebook, EuclideanCodebook
+from .comm import resolve_comm
+from .state import check_state, read_npz, to_numpy, write_npz
+
+__all__ = ["VectorQuantizer"]
+
+CONFIG_KEYS = (
+    "dim", "codebook_size", "codebook_dim", "heads", "separate_codebook_per_head", "use_cosine_sim",
+    "decay", "eps", "kmeans_init", "kmeans_iters", "threshold_ema_dead_code", "reset_cluster_size",
+    "affine_param", "affine_param_batch_decay", "affine_param_codebook_decay", "sync_kmeans",
+    "sync_affine_param", "stochastic_sample_codes", "sample_codebook_temp", "ema_update",
+)
+
+
+def linear_init(rng, fan_out, fan_in):
+    """``nn.Linear``'s default initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / np.sqrt(fan_in)
+    weight = rng.uniform(-bound, bound, size=(fan_out, fan_in)).astype(np.float32)
+    bias = rng.uniform(-bound, bound, size=fan_out).astype(np.float32)
+    return weight, bias
+
+
+class VectorQuantizer:
+    """Vector quantizer with the seed's codebook training, in numpy.
+
+    Parameters
+    ----------
+    dim : int
+        Feature dimension of the input.
+    codebook_size : int
+        Codes per codebook.
+    codebook_dim : int, optional
+        Code dimension per head (default ``dim``); a projection is used when
+        ``codebook_dim * heads != dim``.
+    heads : int
+        Split each vector into ``heads`` parts quantized separately.
+    separate_codebook_per_head : bool
+        One codebook per head instead of one shared by all heads.
+    use_cosine_sim : bool
+        Unit-normalise inputs and codes and compare by dot product.
+    decay, eps, kmeans_init, kmeans_iters, threshold_ema_dead_code, reset_cluster_size,
+    affine_param, affine_param_batch_decay, affine_param_codebook_decay, stochastic_sample_codes,
+    sample_codebook_temp, ema_update :
+        As in the seed's ``VectorQuantize`` (see :class:`vqcore.EuclideanCodebook`).
+    sync_kmeans, sync_affine_param : bool
+        With ``comm``: draw the k-means initialisation / affine statistics across ranks.
+    seed : int, numpy.random.Generator or None
+        Randomness of initialisation, k-means, expiry and sampling.
+    comm : vqcore.comm.Communicator, optional
+        Train one codebook over all ranks (counts and sums are all-reduced).
+
+    Examples
+    --------
+    >>> import numpy as np, vqcore
+    >>> vq = vqcore.VectorQuantizer(dim=8, codebook_size=16, kmeans_init=True, seed=0)
+    >>> x = np.random.default_rng(0).standard_normal((256, 8)).astype(np.float32)
+    >>> _ = vq.fit(x, batch_size=128, epochs=2, progress=False)
+    >>> codes = vq.encode(x)
+    >>> vq.decode(codes).shape
+    (256, 8)
+    """
+
+    def __init__(
+        self,
+        dim,
+        codebook_size,
+        *,
+        codebook_dim=None,
+        heads=1,
+        separate_codebook_per_head=False,
+        use_cosine_sim=False,
+        decay=0.8,
+        eps=1e-5,
+        kmeans_init=False,
+        kmeans_iters=10,
+        threshold_ema_dead_code=0,
+        reset_cluster_size=None,
+        affine_param=False,
+        affine_param_batch_decay=0.99,
+        affine_param_codebook_decay=0.9,
+        sync_kmeans=True,
+        sync_affine_param=False,
+        stochastic_sample_codes=False,
+        sample_codebook_temp=1.0,
+        ema_update=True,
+        seed=None,
+        comm=None,
+    ):
+        self.dim = _validate.positive_int("dim", dim)
+        self.heads = _validate.positive_int("heads", heads)
+        self.codebook_dim = self.dim if codebook_dim is None else _validate.positive_int("codebook_dim", codebook_dim)
+        self.codebook_size = _validate.positive_int("codebook_size", codebook_size)
+        self.separate_codebook_per_head = bool(separate_codebook_per_head)
+        self.use_cosine_sim = bool(use_cosine_sim)
+        if affine_param and use_cosine_sim:
+            raise ValueError("affine_param=True works only with the euclidean codebook; set use_cosine_sim=False")
+        self.comm = resolve_comm(comm)
+        self.rng = _validate.rng(seed)
+        self._config = dict(
+            dim=self.dim, codebook_size=self.codebook_size, codebook_dim=codebook_dim, heads=self.heads,
+            separate_codebook_per_head=self.separate_codebook_per_head, use_cosine_sim=self.use_cosine_sim,
+            decay=decay, eps=eps, kmeans_init=kmeans_init, kmeans_iters=kmeans_iters,
+            threshold_ema_dead_code=threshold_ema_dead_code, reset_cluster_size=reset_cluster_size,
+            affine_param=affine_param, affine_param_batch_decay=affine_param_batch_decay,
+            affine_param_codebook_decay=affine_param_codebook_decay, sync_kmeans=sync_kmeans,
+            sync_affine_param=sync_affine_param, stochastic_sample_codes=stochastic_sample_codes,
+            sample_codebook_temp=sample_codebook_temp, ema_update=ema_update,
+        )
+        codebook_class = CosineSimCodebook if self.use_cosine_sim else EuclideanCodebook
+        self._codebook = codebook_class(
+            self.codebook_dim, self.codebook_size,
+            num_codebooks=self.heads if self.separate_codebook_per_head else 1,
+            kmeans_init=kmeans_init, kmeans_iters=kmeans_iters, decay=decay, eps=eps,
+            threshold_ema_dead_code=threshold_ema_dead_code, reset_cluster_size=reset_cluster_size,
+            ema_update=ema_update, affine_param=affine_param, affine_param_batch_decay=affine_param_batch_decay,
+            affine_param_codebook_decay=affine_param_codebook_decay, sync_affine_param=sync_affine_param,
+            sync_kmeans=sync_kmeans, stochastic_sample_codes=stochastic_sample_codes,
+            sample_codebook_temp=sample_codebook_temp, seed=self.rng, comm=self.comm,
+        )
+        inner = self.codebook_dim * self.heads
+        self.has_projections = inner != self.dim
+        self.project_in = linear_init(self.rng, inner, self.dim) if self.has_projections else None
+        self.project_out = linear_init(self.rng, self.dim, inner) if self.has_projections else None
+        self._projections_trained = False
+
+    # -- configuration ------------------------------------------------------
+    @property
+    def config(self):
+        """The constructor arguments (without ``seed``/``comm``), as saved by :meth:`save`."""
+        return dict(self._config)
+
+    @property
+    def codebook(self):
+        """The codes: ``(codebook_size, codebook_dim)``, or ``(heads, ...)`` with separate codebooks."""
+        embed = self._codebook.embed
+        return embed if self.separate_codebook_per_head else embed[0]
+
+    # -- layouts ------------------------------------------------------------
+    def _check_input(self, x, mask):
+        x = _validate.float_array("x", x, ndims=(2, 3))
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"x has {x.shape[-1]} features (shape {x.shape}) but the quantizer has dim={self.dim}")
+        only_one = x.ndim == 2
+        x3 = x[:, None, :] if only_one else x
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.dtype != np.bool_:
+                raise TypeError(f"mask must be a bool array; got dtype {mask.dtype}")
+            expected = x3.shape[:1] if only_one else x3.shape[:2]
+            if mask.shape != expected:
+                raise ValueError(f"mask has shape {mask.shape}; it must be {expected} to match x of shape {x.shape}")
+            if not mask.any():
+                raise ValueError("mask is all False: no vector would be quantized or trained on")
+            mask = mask.reshape(x3.shape[:2])
+        return x, x3, mask, only_one
+
+    def _project(self, x3, params):
+        if params is None:
+            return x3.astype(np.float32, copy=False)
+        weight, bias = params
+        return (x3.astype(np.float32, copy=False) @ weight.T + bias).astype(np.float32)
+
+    def _to_codebook_layout(self, z):
+        """(b, n, heads * d) -> (c, N, d): the seed's 'h b n d' or '1 (b h) n d', flattened."""
+        b, n, _ = z.shape
+        h, d = self.heads, self.codebook_dim
+        z4 = z.reshape(b, n, h, d)
+        if self.separate_codebook_per_head:
+            return np.ascontiguousarray(z4.transpose(2, 0, 1, 3)).reshape(h, b * n, d)
+        return np.ascontiguousarray(z4.transpose(0, 2, 1, 3)).reshape(1, b * h * n, d)
+
+    def _from_codebook_layout(self, q, b, n):
+        h, d = self.heads, q.shape[-1]
+        if self.separate_codebook_per_head:
+            return q.reshape(h, b, n, d).transpose(1, 2, 0, 3).reshape(b, n, h * d)
+        return q.reshape(b, h, n, d).transpose(0, 2, 1, 3).reshape(b, n, h * d)
+
+    def _indices_layout(self, indices, b, n, only_one):
+        h = self.heads
+        if h == 1:
+            out = indices.reshape(b, n)
+        elif self.separate_codebook_per_head:
+            out = indices.reshape(h, b, n).transpose(1, 2, 0)
+        else:
+            out = indices.reshape(b, h, n).transpose(0, 2, 1)
+        return np.ascontiguousarray(out[:, 0] if only_one else out)
+
+    def _mask_layout(self, mask):
+        if mask is None:
+            return None
+        b, n = mask.shape
+        h = self.heads
+        if self.separate_codebook_per_head:
+            return np.broadcast_to(mask.reshape(1, b * n), (h, b * n))
+        return np.broadcast_to(mask[:, None, :], (b, h, n)).reshape(1, b * h * n)
+
+    def _forward(self, x, mask, training):
+        x, x3, mask, only_one = self._check_input(x, mask)
+        b, n, _ = x3.shape
+        flat = self._to_codebook_layout(self._project(x3, self.project_in))
+        if self.use_cosine_sim:
+            flat = l2_normalize(flat)
+        q, indices = self._codebook.forward(flat, training=training, mask=self._mask_layout(mask))
+        out = self._project(self._from_codebook_layout(q, b, n), self.project_out).astype(x.dtype, copy=False)
+        if mask is not None:
+            out = np.where(mask[..., None], out, x3)  # masked positions give back the input, as in the seed
+        if only_one:
+            out = out[:, 0]
+        return out, self._indices_layout(indices, b, n, only_one)
+
+    # -- public API -----------------------------------------------------------
+    def partial_fit(self, x, mask=None):
+        """One training step on a batch (the seed's training forward, codebook side).
+
+        Parameters
+        ----------
+        x : array_like of shape (batch, n, dim) or (n, dim)
+        mask : array_like of bool, shape (batch, n) or (n,), optional
+            Positions left out of training; their output is the input.
+
+        Returns
+        -------
+        quantized : ndarray, same shape as ``x``
+        indices : ndarray of int64, shape (batch, n) or (n,), with a trailing ``heads`` axis when heads > 1
+        """
+        return self._forward(x, mask, training=True)
+
+    def quantize(self, x, mask=None):
+        """Quantize without training (the seed's eval forward); returns ``(vectors, indices)``.
+
+        As in the seed, an uninitialised k-means codebook is initialised on
+        this batch and affine batch statistics are updated.
+        """
+        return self._forward(x, mask, training=False)
+
+    def encode(self, x):
+        """Code indices of ``x`` (the seed's eval forward)."""
+        return self.quantize(x)[1]
+
+    def get_codes_from_indices(self, indices):
+        """Code vectors for ``indices``, heads concatenated: shape ``indices.shape[:-1] + (heads * codebook_dim,)`` when heads > 1."""
+        indices = np.asarray(indices)
+        if indices.dtype.kind not in "iu":
+            raise TypeError(f"indices must be integers; got dtype {indices.dtype}")
+        if indices.size and (indices.min() < 0 or indices.max() >= self.codebook_size):
+            raise ValueError(
+                f"indices must lie in [0, {self.codebook_size}); got values from {indices.min()} to {indices.max()}"
+            )
+        embed = self._codebook.embed
+        if self.heads == 1:
+            return embed[0][indices]
+        if indices.ndim == 0 or indices.shape[-1] != self.heads:
+            raise ValueError(f"indices need a last axis of size heads={self.heads}; got shape {indices.shape}")
+        if self.separate_codebook_per_head:
+            parts = [embed[h][indices[..., h]] for h in range(self.heads)]
+        else:
+            parts = [embed[0][indices[..., h]] for h in range(self.heads)]
+        return np.concatenate(parts, axis=-1)
+
+    def decode(self, indices):
+        """Vectors for code indices (the seed's ``get_output_from_indices``): codes, then ``project_out``."""
+        codes = self.get_codes_from_indices(indices)
+        return self._project(codes, self.project_out)
+
+    def fit(self, x, *, batch_size=4096, epochs=1, progress=True, shuffle=True):
+        """Train on a whole array (or an iterable of batches).
+
+        Parameters
+        ----------
+        x : array_like of shape (n, dim), or an iterable of such batches
+            An array (a ``np.memmap`` works) is cut into contiguous batches;
+            their order is shuffled every epoch when ``shuffle``.
+        batch_size : int
+        epochs : int
+        progress : bool
+            Show a tqdm progress bar with the codebook perplexity.
+        shuffle : bool
+
+        Returns
+        -------
+        self
+        """
+        batch_size = _validate.positive_int("batch_size", batch_size)
+        epochs = _validate.positive_int("epochs", epochs)
+        self._warn_if_untrained_projections()
+        for _ in range(epochs):
+            batches = self._batches(x, batch_size, shuffle)
+            with tqdm(batches, disable=not progress, unit="batch", leave=False) as bar:
+                for batch in bar:
+                    self.partial_fit(batch)
+                    if progress:
+                        bar.set_postfix(perplexity=f"{self.usage()['perplexity']:.1f}")
+        return self
+
+    def _batches(self, x, batch_size, shuffle):
+        if not hasattr(x, "shape"):
+            return x
+        if len(x.shape) != 2:
+            raise ValueError(f"fit takes an array of shape (n, dim); got shape {x.shape}")
+        starts = np.arange(0, x.shape[0], batch_size)
+        if shuffle:
+            starts = self.rng.permutation(starts)
+        return (np.asarray(x[s : s + batch_size]) for s in starts)
+
+    def usage(self, dead_threshold=None):
+        """Codebook health.
+
+        Parameters
+        ----------
+        dead_threshold : float, optional
+            EMA size under which a code counts as dead; defaults to
+            ``threshold_ema_dead_code`` when set, else 1e-3.
+
+        Returns
+        -------
+        dict with ``counts`` (EMA cluster sizes, (n_codebooks, k)),
+        ``perplexity`` (exp of the entropy of code usage, averaged over
+        codebooks; ``codebook_size`` means uniform use) and ``dead_codes``.
+        """
+        counts = self._codebook.cluster_size.astype(np.float64)
+        threshold = dead_threshold
+        if threshold is None:
+            threshold = self._codebook.threshold_ema_dead_code or 1e-3
+        totals = counts.sum(axis=-1, keepdims=True)
+        p = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+        entropy = -(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=-1)
+        return {
+            "counts": counts.astype(np.float32),
+            "perplexity": float(np.exp(entropy).mean()),
+            "dead_codes": int((counts < threshold).sum()),
+        }
+
+    # -- state ------------------------------------------------------------------
+    def _expected_state(self):
+        shapes = {}
+        if self.has_projections:
+            inner = self.codebook_dim * self.heads
+            shapes.update({"project_in.weight": (inner, self.dim), "project_in.bias": (inner,),
+                           "project_out.weight": (self.dim, inner), "project_out.bias": (self.dim,)})
+        shapes.update({f"_codebook.{k}": s for k, s in self._codebook.state_shapes().items()})
+        return shapes
+
+    def state_dict(self):
+        """Copies of the state, with the keys and shapes of the seed module's ``state_dict``."""
+        state = {}
+        if self.has_projections:
+            for name in ("project_in", "project_out"):
+                weight, bias = getattr(self, name)
+                state[f"{name}.weight"], state[f"{name}.bias"] = weight.copy(), bias.copy()
+        for key in self._codebook.state_keys():
+            state[f"_codebook.{key}"] = np.array(getattr(self._codebook, key), copy=True)
+        return state
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Load a state dict from :meth:`state_dict`, the seed's module or vqtorch (torch tensors work).
+
+        Everything is checked before anything changes: on error the quantizer is untouched.
+
+        Raises
+        ------
+        ValueError
+            A key is missing or unexpected (with ``strict``), or a shape differs.
+        """
+        optional = {"_codebook.batch_mean", "_codebook.batch_variance"}
+        state = check_state({k: to_numpy(v) for k, v in state_dict.items()}, self._expected_state(),
+                            optional=optional, strict=strict)
+        if self.has_projections:
+            for name in ("project_in", "project_out"):
+                if f"{name}.weight" in state:
+                    setattr(self, name, (state[f"{name}.weight"], state[f"{name}.bias"]))
+                    self._projections_trained = True
+        for key, value in state.items():
+            if key.startswith("_codebook."):
+                setattr(self._codebook, key[len("_codebook."):], value)
+        return self
+
+    def save(self, path):
+        """Write configuration and state to one ``.npz`` file, atomically (no pickle)."""
+        write_npz(path, kind="VectorQuantizer", config=self.config, state=self.state_dict())
+
+    @classmethod
+    def load(cls, path, *, seed=None, comm=None):
+        """Read a quantizer written by :meth:`save`.
+
+        Raises
+        ------
+        ValueError
+            The file is not a vqcore quantizer file, or of an unknown version.
+        """
+        config, state = read_npz(path, kind="VectorQuantizer")
+        unknown = set(config) - set(CONFIG_KEYS)
+        if unknown:
+            raise ValueError(f"{path}: unknown configuration keys {sorted(unknown)}; written by a newer vqcore?")
+        quantizer = cls(**config, seed=seed, comm=comm)
+        return quantizer.load_state_dict(state)
+
+    def _warn_if_untrained_projections(self):
+        """Warn that projections exist but were never loaded (vqcore does not train them)."""
+        if self.has_projections and not self._projections_trained:
+            warnings.warn(
+                "codebook_dim * heads != dim: vqcore applies random fixed projections and does not train "
+                "them; load trained ones with load_state_dict or choose codebook_dim = dim // heads",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self._config.items() if k in ("dim", "codebook_size", "heads"))
+        return f"VectorQuantizer({args}, use_cosine_sim={self.use_cosine_sim})"
