@@ -260,3 +260,43 @@ def test_bad_options():
         vqcore.VectorQuantizer(DIM, K, decay=1.5)
     with pytest.raises(ValueError, match="heads=0"):
         vqcore.VectorQuantizer(DIM, K, heads=0)
+
+
+def test_freeze_codebook_assigns_without_training():
+    layer, ours = twin(PARITY_CONFIGS["euclidean"])
+    before = ours.state_dict()
+    x = batches(1)[0]
+    with __import__("torch").no_grad():
+        q_seed, i_seed, _ = layer(__import__("torch").from_numpy(x), freeze_codebook=True)
+    q_ours, i_ours = ours.partial_fit(x, freeze_codebook=True)
+    np.testing.assert_array_equal(i_ours, i_seed.numpy())
+    for key, value in ours.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    heads=st.sampled_from([1, 2, 4]),
+    separate=st.booleans(),
+    cosine=st.booleans(),
+    two_d=st.booleans(),
+    b=st.integers(1, 3),
+    n=st.integers(1, 9),
+    dtype=st.sampled_from([np.float32, np.float64]),
+)
+def test_property_layouts(heads, separate, cosine, two_d, b, n, dtype):
+    q = vqcore.VectorQuantizer(8, 5, heads=heads, codebook_dim=8 // heads, separate_codebook_per_head=separate,
+                               use_cosine_sim=cosine, seed=0)
+    shape = (b * n, 8) if two_d else (b, n, 8)
+    x = np.random.default_rng(n).standard_normal(shape).astype(dtype)
+    out, idx = q.partial_fit(x)
+    assert out.shape == x.shape and out.dtype == dtype
+    assert idx.shape == shape[:-1] + ((heads,) if heads > 1 else ())
+    assert idx.min() >= 0 and idx.max() < 5
+    vectors, idx2 = q.quantize(x)
+    np.testing.assert_array_equal(q.encode(x), idx2)
+    # the quantized output is the concatenation of the chosen codes
+    np.testing.assert_allclose(vectors, q.decode(idx2), rtol=1e-6)

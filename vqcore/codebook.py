@@ -229,7 +229,8 @@ class EuclideanCodebook:
                           threshold=self.threshold_ema_dead_code, reset_cluster_size=self.reset_cluster_size,
                           rng=self.rng, cosine=self.metric == "cosine", comm=self.comm)
 
-    def forward(self, x, *, training=True, mask=None, freeze_codebook=False, sample_codebook_temp=None):
+    def forward(self, x, *, training=True, mask=None, freeze_codebook=False, sample_codebook_temp=None,
+                return_quantize=True):
         """Quantize a flattened batch and, in training, update the codebook.
 
         Parameters
@@ -246,10 +247,12 @@ class EuclideanCodebook:
             Skip the EMA update even in training.
         sample_codebook_temp : float, optional
             Overrides the temperature of stochastic sampling.
+        return_quantize : bool
+            False skips gathering the code vectors (``quantize`` is None).
 
         Returns
         -------
-        quantize : ndarray of shape (n_codebooks, n, d)
+        quantize : ndarray of shape (n_codebooks, n, d), or None
         indices : ndarray of int64, shape (n_codebooks, n)
         """
         temperature = self.sample_codebook_temp if sample_codebook_temp is None else sample_codebook_temp
@@ -258,7 +261,9 @@ class EuclideanCodebook:
             self.update_affine_(x, mask, training=training)
         codebook = self.search_codebook()
         indices = self.assign(x, codebook, training=training, sample_codebook_temp=temperature)
-        quantize = np.stack([np.take(codes, ind, axis=0) for codes, ind in zip(codebook, indices)])
+        quantize = None
+        if return_quantize:
+            quantize = np.stack([np.take(codes, ind, axis=0) for codes, ind in zip(codebook, indices)])
         if training and self.ema_update and not freeze_codebook:
             self.ema_step_(x, indices, mask)
         return quantize, indices

@@ -210,22 +210,26 @@ class VectorQuantizer:
             return np.broadcast_to(mask.reshape(1, b * n), (h, b * n))
         return np.broadcast_to(mask[:, None, :], (b, h, n)).reshape(1, b * h * n)
 
-    def _forward(self, x, mask, training):
+    def _forward(self, x, mask, training, *, freeze_codebook=False, sample_codebook_temp=None, want_vectors=True):
         x, x3, mask, only_one = self._check_input(x, mask)
         b, n, _ = x3.shape
         flat = self._to_codebook_layout(self._project(x3, self.project_in))
         if self.use_cosine_sim:
             flat = l2_normalize(flat)
-        q, indices = self._codebook.forward(flat, training=training, mask=self._mask_layout(mask))
+        q, indices = self._codebook.forward(
+            flat, training=training, mask=self._mask_layout(mask), freeze_codebook=freeze_codebook,
+            sample_codebook_temp=sample_codebook_temp, return_quantize=want_vectors,
+        )
+        indices = self._indices_layout(indices, b, n, only_one)
+        if not want_vectors:
+            return None, indices
         out = self._project(self._from_codebook_layout(q, b, n), self.project_out).astype(x.dtype, copy=False)
         if mask is not None:
             out = np.where(mask[..., None], out, x3)  # masked positions give back the input, as in the seed
-        if only_one:
-            out = out[:, 0]
-        return out, self._indices_layout(indices, b, n, only_one)
+        return (out[:, 0] if only_one else out), indices
 
     # -- public API -----------------------------------------------------------
-    def partial_fit(self, x, mask=None):
+    def partial_fit(self, x, mask=None, *, freeze_codebook=False, sample_codebook_temp=None):
         """One training step on a batch (the seed's training forward, codebook side).
 
         Parameters
@@ -233,13 +237,18 @@ class VectorQuantizer:
         x : array_like of shape (batch, n, dim) or (n, dim)
         mask : array_like of bool, shape (batch, n) or (n,), optional
             Positions left out of training; their output is the input.
+        freeze_codebook : bool
+            Assign (and sample) as in training but leave the codebook as it is.
+        sample_codebook_temp : float, optional
+            Overrides the temperature of stochastic code sampling for this call.
 
         Returns
         -------
         quantized : ndarray, same shape as ``x``
         indices : ndarray of int64, shape (batch, n) or (n,), with a trailing ``heads`` axis when heads > 1
         """
-        return self._forward(x, mask, training=True)
+        return self._forward(x, mask, training=True, freeze_codebook=freeze_codebook,
+                             sample_codebook_temp=sample_codebook_temp)
 
     def quantize(self, x, mask=None):
         """Quantize without training (the seed's eval forward); returns ``(vectors, indices)``.
@@ -250,8 +259,8 @@ class VectorQuantizer:
         return self._forward(x, mask, training=False)
 
     def encode(self, x):
-        """Code indices of ``x`` (the seed's eval forward)."""
-        return self.quantize(x)[1]
+        """Code indices of ``x`` (the seed's eval forward, without gathering the vectors)."""
+        return self._forward(x, None, training=False, want_vectors=False)[1]
 
     def get_codes_from_indices(self, indices):
         """Code vectors for ``indices``, heads concatenated: shape ``indices.shape[:-1] + (heads * codebook_dim,)`` when heads > 1."""
