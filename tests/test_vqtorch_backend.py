@@ -1,0 +1,76 @@
+"""The backends' kernels against dense, obviously-correct torch references (the seed's one-hot products)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.torch_reference import backends
+from vqtorch.backend_torch import TorchBackend
+from vqtorch.backends import select_backend
+
+
+def _backend(name):
+    if name == "torch-small-blocks":
+        return TorchBackend(block_elements=7)  # forces many row blocks, some ragged
+    return select_backend(name, torch.empty(0))
+
+
+NAMES = ["torch-small-blocks"] + backends()
+
+
+def _data(c=2, n=53, k=9, d=5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(c, n, d, generator=gen), torch.randn(c, k, d, generator=gen)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("cosine", [False, True])
+def test_nearest_matches_dense_argmax(name, cosine):
+    x, embed = _data()
+    dense = torch.einsum("cnd,ckd->cnk", x.double(), embed.double()) if cosine else \
+        -torch.cdist(x.double(), embed.double())
+    torch.testing.assert_close(_backend(name).nearest(x, embed, cosine=cosine), dense.argmax(-1))
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("masked", [False, True])
+def test_cluster_stats_match_one_hot_products(name, masked):
+    x, embed = _data()
+    ind = torch.randint(0, 9, (2, 53), generator=torch.Generator().manual_seed(1))
+    mask = torch.rand(2, 53, generator=torch.Generator().manual_seed(2)) > 0.4 if masked else None
+    one_hot = F.one_hot(ind, 9).double()
+    if masked:
+        one_hot[~mask] = 0
+    counts, sums = _backend(name).cluster_stats(x, ind, 9, mask)
+    torch.testing.assert_close(counts, one_hot.sum(1).float())
+    torch.testing.assert_close(sums, torch.einsum("cnd,cnk->ckd", x.double(), one_hot).float())
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("cosine", [False, True])
+def test_ema_update_matches_formula(name, cosine):
+    x, embed = _data()
+    gen = torch.Generator().manual_seed(3)
+    cluster_size = torch.rand(2, 9, generator=gen) * 3
+    embed_avg = torch.randn(2, 9, 5, generator=gen)
+    counts = torch.randint(0, 5, (2, 9), generator=gen).float()
+    sums = torch.randn(2, 9, 5, generator=gen)
+    decay, eps = 0.7, 1e-3
+    size_ref = cluster_size.double() * decay + counts.double() * (1 - decay)
+    avg_ref = embed_avg.double() * decay + sums.double() * (1 - decay)
+    total = size_ref.sum(-1, keepdim=True)
+    smoothed = (size_ref + eps) / (total + 9 * eps) * total
+    codes_ref = avg_ref / smoothed.unsqueeze(-1)
+    if cosine:
+        codes_ref = F.normalize(codes_ref, dim=-1)
+    _backend(name).ema_update_(cluster_size, embed_avg, embed, counts, sums, decay=decay, eps=eps, cosine=cosine)
+    torch.testing.assert_close(cluster_size, size_ref.float())
+    torch.testing.assert_close(embed_avg, avg_ref.float())
+    torch.testing.assert_close(embed, codes_ref.float())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batch_stats_are_biased_mean_and_variance(name):
+    x, _ = _data()
+    mean, var = _backend(name).batch_stats(x)
+    torch.testing.assert_close(mean, x.double().mean(1, keepdim=True).float())
+    torch.testing.assert_close(var, x.double().var(1, unbiased=False, keepdim=True).float())

@@ -1,0 +1,170 @@
+"""The device-generic backend: the codebook's non-differentiable work in torch ops.
+
+This is the CUDA path; it also runs on CPU so CI tests it.  Unlike the seed it
+never builds an ``n x k`` one-hot matrix (quantize is a gather, sums are an
+``index_add_``) and it searches in row chunks so only one ``chunk x k`` block of
+distances exists at a time.
+
+Random draws (k-means seeding, dead-code replacement) call ``torch.randperm`` /
+``torch.randint`` in the seed's order, so with the same torch seed the results
+equal the seed's.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["TorchBackend"]
+
+# Elements of one distance block; 4M float32 = 16 MiB keeps the block cache/L2 friendly
+# while each GEMM stays large enough to run at full speed.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+def _sample_rows(samples, num):
+    """``num`` rows of ``samples`` (n, d): without replacement when possible (the seed's rule)."""
+    n = samples.shape[0]
+    if n >= num:
+        rows = torch.randperm(n, device=samples.device)[:num]
+    else:
+        rows = torch.randint(0, n, (num,), device=samples.device)
+    return samples[rows]
+
+
+class TorchBackend:
+    """Codebook kernels in torch ops, for tensors on any device.
+
+    Parameters
+    ----------
+    block_elements : int
+        Upper bound on the elements of one distance block in :meth:`nearest`.
+    """
+
+    name = "torch"
+
+    def __init__(self, block_elements: int = _BLOCK_ELEMENTS):
+        self.block_elements = block_elements
+
+    @torch.no_grad()
+    def nearest(self, x, embed, *, cosine):
+        """Index of the closest code for every row.
+
+        Parameters
+        ----------
+        x : Tensor of shape (c, n, d), float32
+        embed : Tensor of shape (c, k, d), float32
+        cosine : bool
+            Largest dot product when True, smallest euclidean distance otherwise.
+
+        Returns
+        -------
+        Tensor of shape (c, n), int64
+        """
+        c, n, _ = x.shape
+        k = embed.shape[1]
+        out = torch.empty(c, n, dtype=torch.long, device=x.device)
+        rows = max(1, self.block_elements // max(k * c, 1))
+        embed_t = embed.transpose(1, 2)
+        if not cosine:
+            # The seed's ||x||^2 + ||e||^2 - 2 x.e, kept whole so near-ties break as there.
+            x_sq = x.pow(2).sum(-1, keepdim=True)
+            e_sq = embed.pow(2).sum(-1).unsqueeze(1)
+        for start in range(0, n, rows):
+            block = x[:, start:start + rows]
+            if cosine:
+                out[:, start:start + rows] = torch.bmm(block, embed_t).argmax(-1)
+            else:
+                base = x_sq[:, start:start + rows] + e_sq
+                out[:, start:start + rows] = torch.baddbmm(base, block, embed_t, alpha=-2.0).argmin(-1)
+        return out
+
+    @torch.no_grad()
+    def cluster_stats(self, x, indices, num_codes, mask=None):
+        """Per-code counts and vector sums (the seed's ``bins`` and ``embed_sum``), local to this process.
+
+        Parameters
+        ----------
+        x : Tensor of shape (c, n, d), float32
+        indices : Tensor of shape (c, n), int64
+        num_codes : int
+        mask : Tensor of shape (c, n), bool, optional
+            Rows where False are left out.
+
+        Returns
+        -------
+        counts : Tensor of shape (c, k), float32
+        sums : Tensor of shape (c, k, d), float32
+        """
+        c, n, d = x.shape
+        weight = torch.ones(c, n, dtype=x.dtype, device=x.device) if mask is None else mask.to(x.dtype)
+        counts = x.new_zeros(c, num_codes).scatter_add_(1, indices, weight)
+        if mask is not None:
+            x = torch.where(mask.unsqueeze(-1), x, x.new_zeros(()))
+        flat_index = (indices + torch.arange(c, device=x.device).unsqueeze(1) * num_codes).reshape(-1)
+        sums = x.new_zeros(c * num_codes, d).index_add_(0, flat_index, x.reshape(-1, d))
+        return counts, sums.view(c, num_codes, d)
+
+    @torch.no_grad()
+    def ema_update_(self, cluster_size, embed_avg, embed, counts, sums, *, decay, eps, cosine):
+        """EMA of counts and sums, Laplace smoothing, new codes; all in place."""
+        cluster_size.lerp_(counts, 1 - decay)
+        embed_avg.lerp_(sums, 1 - decay)
+        num_codes = cluster_size.shape[-1]
+        total = cluster_size.sum(dim=-1, keepdim=True)
+        smoothed = (cluster_size + eps) / (total + num_codes * eps) * total
+        codes = embed_avg / smoothed.unsqueeze(-1)
+        if cosine:
+            # The seed normalises twice; the second pass moves the last bit, so keep it.
+            codes = F.normalize(F.normalize(codes, dim=-1), dim=-1)
+        embed.copy_(codes)
+
+    def sample_vectors(self, samples, num):
+        """``num`` rows drawn from ``samples`` (n, d), on this process only."""
+        return _sample_rows(samples, num)
+
+    @torch.no_grad()
+    def kmeans(self, samples, num_clusters, *, iters, cosine, sample_fn=None, all_reduce=None):
+        """The seed's k-means: seeded from the data, empty clusters keep their old mean.
+
+        Parameters
+        ----------
+        samples : Tensor of shape (c, n, d)
+        num_clusters : int
+        iters : int
+        cosine : bool
+        sample_fn : callable, optional
+            ``sample_fn(samples (c, n, d), num) -> (c, num, d)``; per-codebook local sampling by default.
+        all_reduce : callable, optional
+            In-place sum over processes of a tensor (the seed's ``sync_kmeans``).
+
+        Returns
+        -------
+        means : Tensor of shape (c, k, d)
+        counts : Tensor of shape (c, k), the last assignment's cluster sizes (long)
+        """
+        if sample_fn is None:
+            means = torch.stack([_sample_rows(s, num_clusters) for s in samples.unbind(0)])
+        else:
+            means = sample_fn(samples, num_clusters)
+        c, _, d = samples.shape
+        bins = torch.zeros(c, num_clusters, dtype=torch.long, device=samples.device)
+        for _ in range(iters):
+            buckets = self.nearest(samples, means, cosine=cosine)
+            bins = torch.zeros_like(bins).scatter_add_(1, buckets, torch.ones_like(buckets))
+            if all_reduce is not None:
+                all_reduce(bins)
+            empty = bins == 0
+            new_means = samples.new_zeros(c, num_clusters, d)
+            new_means.scatter_add_(1, buckets.unsqueeze(-1).expand(-1, -1, d), samples)
+            new_means = new_means / bins.masked_fill(empty, 1).unsqueeze(-1)
+            if all_reduce is not None:
+                all_reduce(new_means)
+            if cosine:
+                new_means = F.normalize(new_means, dim=-1)
+            means = torch.where(empty.unsqueeze(-1), means, new_means)
+        return means, bins
+
+    @torch.no_grad()
+    def batch_stats(self, data):
+        """Mean and biased variance over rows: (c, n, d) -> two (c, 1, d) tensors."""
+        return data.mean(dim=1, keepdim=True), data.var(dim=1, unbiased=False, keepdim=True)

@@ -1,0 +1,309 @@
+"""``VectorQuantize``: a drop-in for vector-quantize-pytorch 1.14.5's layer."""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .codebook import CosineSimCodebook, EuclideanCodebook
+from .config import VQConfig
+from .losses import masked_mse, orthogonal_loss
+
+__all__ = ["VectorQuantize"]
+
+
+class VectorQuantize(nn.Module):
+    """Vector quantization layer with the seed's arguments, outputs and ``state_dict`` keys.
+
+    Parameters
+    ----------
+    dim, codebook_size, ... :
+        Every argument of ``vector_quantize_pytorch.VectorQuantize`` (1.14.5), same names and
+        defaults; see :class:`vqtorch.config.VQConfig`.
+    backend : {"auto", "vqcore", "torch"}
+        Where the non-differentiable codebook work runs: vqcore's kernels (CPU tensors),
+        torch ops (any device), or vqcore on CPU and torch elsewhere.
+
+    Notes
+    -----
+    ``forward`` returns ``(quantize, indices, loss)``; with ``indices=`` given it returns
+    ``(quantize, cross_entropy_loss)`` where ``quantize`` is in the codebook layout before
+    ``project_out``, as in the seed.
+    """
+
+    def __init__(self, dim, codebook_size, codebook_dim=None, heads=1, separate_codebook_per_head=False,
+                 decay=0.8, eps=1e-5, freeze_codebook=False, kmeans_init=False, kmeans_iters=10,
+                 sync_kmeans=True, use_cosine_sim=False, threshold_ema_dead_code=0, channel_last=True,
+                 accept_image_fmap=False, commitment_weight=1.0, commitment_use_cross_entropy_loss=False,
+                 orthogonal_reg_weight=0.0, orthogonal_reg_active_codes_only=False,
+                 orthogonal_reg_max_codes=None, stochastic_sample_codes=False, sample_codebook_temp=1.0,
+                 straight_through=False, reinmax=False, sync_codebook=None, sync_affine_param=False,
+                 ema_update=True, learnable_codebook=False, in_place_codebook_optimizer=None,
+                 affine_param=False, affine_param_batch_decay=0.99, affine_param_codebook_decay=0.9,
+                 sync_update_v=0.0, backend="auto"):
+        super().__init__()
+        args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        cfg = VQConfig(**args)
+        self.config = cfg
+        self.dim = dim
+        self.heads = heads
+        self.separate_codebook_per_head = separate_codebook_per_head
+        self.codebook_size = codebook_size
+        self.eps = eps
+        self.commitment_weight = commitment_weight
+        self.commitment_use_cross_entropy_loss = commitment_use_cross_entropy_loss
+        self.learnable_codebook = learnable_codebook
+        self.has_codebook_orthogonal_loss = orthogonal_reg_weight > 0
+        self.orthogonal_reg_weight = orthogonal_reg_weight
+        self.orthogonal_reg_active_codes_only = orthogonal_reg_active_codes_only
+        self.orthogonal_reg_max_codes = orthogonal_reg_max_codes
+        self.sync_update_v = sync_update_v
+        self.accept_image_fmap = accept_image_fmap
+        self.channel_last = channel_last
+
+        codebook_dim = cfg.effective_codebook_dim
+        inner = codebook_dim * heads
+        self.has_projections = inner != dim
+        # Same construction order as the seed, so a shared torch seed gives the same initial weights.
+        self.project_in = nn.Linear(dim, inner) if self.has_projections else nn.Identity()
+        self.project_out = nn.Linear(inner, dim) if self.has_projections else nn.Identity()
+
+        if sync_codebook is None:
+            sync_codebook = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        codebook_cls = CosineSimCodebook if use_cosine_sim else EuclideanCodebook
+        extra = {}
+        if affine_param:
+            extra = dict(affine_param=True, sync_affine_param=sync_affine_param,
+                         affine_param_batch_decay=affine_param_batch_decay,
+                         affine_param_codebook_decay=affine_param_codebook_decay)
+        self._codebook = codebook_cls(
+            dim=codebook_dim, codebook_size=codebook_size, num_codebooks=cfg.num_codebooks,
+            kmeans_init=kmeans_init, kmeans_iters=kmeans_iters, sync_kmeans=sync_kmeans, decay=decay, eps=eps,
+            threshold_ema_dead_code=threshold_ema_dead_code, use_ddp=sync_codebook,
+            learnable_codebook=cfg.codebook_is_learnable, sample_codebook_temp=sample_codebook_temp,
+            stochastic=stochastic_sample_codes, straight_through=straight_through, reinmax=reinmax,
+            ema_update=ema_update, backend=backend, **extra)
+
+        self.in_place_codebook_optimizer = (
+            in_place_codebook_optimizer(self._codebook.parameters())
+            if in_place_codebook_optimizer is not None else None
+        )
+
+    # -- codebook access -----------------------------------------------------------------------
+
+    @property
+    def codebook(self):
+        """The codes: (k, d), or (heads, k, d) with ``separate_codebook_per_head``."""
+        embed = self._codebook.embed
+        return embed if self.separate_codebook_per_head else embed[0]
+
+    @codebook.setter
+    def codebook(self, codes):
+        if not self.separate_codebook_per_head:
+            codes = codes.unsqueeze(0)
+        if codes.shape != self._codebook.embed.shape:
+            raise ValueError(f"codebook of shape {tuple(codes.shape)} does not match "
+                             f"{tuple(self.codebook.shape)}; pass codes of that shape.")
+        with torch.no_grad():
+            self._codebook.embed.copy_(codes)
+
+    def _check_indices(self, indices):
+        if not isinstance(indices, torch.Tensor) or indices.dtype.is_floating_point or indices.dtype == torch.bool:
+            raise TypeError(f"indices must be an integer tensor, got {getattr(indices, 'dtype', type(indices))}.")
+        if indices.numel() and (int(indices.min()) < -1 or int(indices.max()) >= self.codebook_size):
+            raise ValueError(f"indices must lie in [0, {self.codebook_size}) (or -1 to ignore), "
+                             f"got values in [{int(indices.min())}, {int(indices.max())}].")
+
+    def get_codes_from_indices(self, indices):
+        """Codes for ``indices``: (b, ...) -> (b, ..., d); multi-head separate (b, ..., h) -> (b, ..., h*d)."""
+        self._check_indices(indices)
+        codebook = self.codebook
+        if codebook.ndim == 2:
+            codes = codebook[indices]
+        else:
+            flat = indices.reshape(indices.shape[0], -1, indices.shape[-1])  # (b, n, h)
+            heads = torch.arange(codebook.shape[0], device=indices.device)
+            codes = codebook[heads, flat]  # (b, n, h, d)
+            codes = codes.reshape(*indices.shape[:-1], -1)
+        if not self.channel_last:
+            codes = codes.movedim(-1, 1)
+        return codes
+
+    def get_output_from_indices(self, indices):
+        """``project_out`` of :meth:`get_codes_from_indices`."""
+        return self.project_out(self.get_codes_from_indices(indices))
+
+    def to_vqcore(self, *, seed=None):
+        """A ``vqcore.VectorQuantizer`` holding this layer's codebook, projections and statistics.
+
+        For numpy-only inference (or further EMA training with vqcore) without torch.
+        Options without a vqcore counterpart (losses, gumbel estimators, learnable codebooks,
+        layouts) do not carry over; inputs to the quantizer are channel-last (b, n, dim).
+        """
+        import vqcore
+
+        cfg = self.config
+        quantizer = vqcore.VectorQuantizer(
+            cfg.dim, cfg.codebook_size, codebook_dim=cfg.codebook_dim, heads=cfg.heads,
+            separate_codebook_per_head=cfg.separate_codebook_per_head, use_cosine_sim=cfg.use_cosine_sim,
+            decay=cfg.decay, eps=cfg.eps, kmeans_init=cfg.kmeans_init, kmeans_iters=cfg.kmeans_iters,
+            threshold_ema_dead_code=cfg.threshold_ema_dead_code, affine_param=cfg.affine_param,
+            affine_param_batch_decay=cfg.affine_param_batch_decay,
+            affine_param_codebook_decay=cfg.affine_param_codebook_decay, sync_kmeans=cfg.sync_kmeans,
+            sync_affine_param=cfg.sync_affine_param, stochastic_sample_codes=cfg.stochastic_sample_codes,
+            sample_codebook_temp=cfg.sample_codebook_temp, ema_update=cfg.ema_update, seed=seed)
+        quantizer.load_state_dict({k: v.detach().cpu().float().numpy() for k, v in self.state_dict().items()},
+                                  strict=True)
+        return quantizer
+
+    # -- layout helpers ------------------------------------------------------------------------
+
+    def _check_input(self, x, indices, mask):
+        if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
+            raise TypeError(f"x must be a floating point tensor, got {getattr(x, 'dtype', type(x))}.")
+        expected = (4,) if self.accept_image_fmap else (2, 3)
+        if x.ndim not in expected:
+            layout = "(b, c, h, w)" if self.accept_image_fmap else "(b, n, d), (b, d, n) or (b, d)"
+            raise ValueError(f"x must have shape {layout}, got {tuple(x.shape)}.")
+        feature_axis = 1 if (self.accept_image_fmap or (not self.channel_last and x.ndim == 3)) else -1
+        if x.shape[feature_axis] != self.dim:
+            raise ValueError(f"x has {x.shape[feature_axis]} features on axis {feature_axis}, expected dim={self.dim}.")
+        if mask is not None:
+            if x.ndim == 2 or self.accept_image_fmap or not self.channel_last:
+                raise ValueError("mask works only for channel-last (b, n, d) input: pass mask=None.")
+            if mask.dtype != torch.bool or tuple(mask.shape) != tuple(x.shape[:2]):
+                raise ValueError(f"mask must be a bool tensor of shape {tuple(x.shape[:2])}, "
+                                 f"got {mask.dtype} {tuple(mask.shape)}.")
+        if indices is not None:
+            self._check_indices(indices)
+
+    def _split_heads(self, x):
+        if self.heads == 1:
+            return x
+        b, n, _ = x.shape
+        x = x.view(b, n, self.heads, -1)
+        if self.separate_codebook_per_head:
+            return x.permute(2, 0, 1, 3)
+        return x.permute(0, 2, 1, 3).reshape(1, b * self.heads, n, -1)
+
+    def _merge_heads(self, q, b):
+        if self.heads == 1:
+            return q
+        if self.separate_codebook_per_head:
+            return q.permute(1, 2, 0, 3).reshape(b, q.shape[2], -1)
+        n = q.shape[2]
+        return q[0].view(b, self.heads, n, -1).permute(0, 2, 1, 3).reshape(b, n, -1)
+
+    def _indices_out(self, ind, b):
+        """Codebook-layout indices -> (b, n) or (b, n, h)."""
+        if self.heads == 1:
+            return ind
+        if self.separate_codebook_per_head:
+            return ind.permute(1, 2, 0)
+        return ind[0].view(b, self.heads, -1).permute(0, 2, 1)
+
+    def _ce_loss(self, distances, codes, b):
+        """Cross entropy of the codes (b, n[, h]) under the negative distances, -1 ignored."""
+        if self.heads == 1:
+            logits = distances[0].permute(0, 2, 1)
+        elif self.separate_codebook_per_head:
+            logits = distances.permute(1, 3, 2, 0)
+        else:
+            c, bh, n, k = distances.shape
+            logits = distances[0].view(b, self.heads, n, k).permute(0, 3, 2, 1)
+        target = codes.reshape(b, *logits.shape[2:])
+        return F.cross_entropy(logits, target, ignore_index=-1)
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def forward(self, x, indices=None, mask=None, sample_codebook_temp=None, freeze_codebook=False):
+        """Quantize ``x``; see the class notes for what is returned."""
+        self._check_input(x, indices, mask)
+        orig_input = x
+        only_one = x.ndim == 2
+        if only_one:
+            x = x.unsqueeze(1)
+        b = x.shape[0]
+        need_transpose = not self.channel_last and not self.accept_image_fmap
+        if self.accept_image_fmap:
+            height, width = x.shape[-2:]
+            x = x.flatten(2).transpose(1, 2)
+        if need_transpose:
+            x = x.transpose(1, 2)
+
+        x = self.project_in(x)
+        x = self._split_heads(x)
+        x = self._codebook.transform_input(x)
+
+        return_loss = indices is not None
+        ce_commit = self.training and self.commitment_weight > 0 and self.commitment_use_cross_entropy_loss
+        cb_kwargs = dict(sample_codebook_temp=sample_codebook_temp, mask=mask, freeze_codebook=freeze_codebook,
+                         need_distances=return_loss or ce_commit)
+        quantize, embed_ind, distances = self._codebook(x, **cb_kwargs)
+
+        if self.in_place_codebook_optimizer is not None and self.training and not freeze_codebook:
+            masked_mse(quantize, x.detach(), mask).backward()
+            self.in_place_codebook_optimizer.step()
+            self.in_place_codebook_optimizer.zero_grad()
+            quantize, embed_ind, distances = self._codebook(x, **cb_kwargs)
+
+        if self.training:
+            keep_grad = self.learnable_codebook and not freeze_codebook
+            commit_quantize = quantize if keep_grad else quantize.detach()
+            # Straight-through: the output carries x's gradient.
+            quantize = x + (quantize - x).detach()
+            if self.sync_update_v > 0:
+                # Rule (21) of https://minyoungg.github.io/vqtorch/assets/draft_050523.pdf as the seed has it.
+                quantize = quantize + self.sync_update_v * (quantize - quantize.detach())
+
+        if return_loss:
+            return quantize, self._ce_loss(distances, indices, b)
+
+        embed_ind = self._indices_out(embed_ind, b)
+        if self.accept_image_fmap:
+            embed_ind = embed_ind.reshape(b, height, width, *embed_ind.shape[2:])
+        if only_one:
+            embed_ind = embed_ind[:, 0]
+
+        loss = torch.tensor([0.0], device=x.device, requires_grad=self.training)
+        if self.training:
+            loss = loss + self._training_loss(x, commit_quantize, embed_ind, distances, mask, b)
+
+        quantize = self._merge_heads(quantize.to(x.dtype), b)
+        quantize = self.project_out(quantize)
+        if need_transpose:
+            quantize = quantize.transpose(1, 2)
+        if self.accept_image_fmap:
+            quantize = quantize.transpose(1, 2).reshape(b, -1, height, width)
+        if only_one:
+            quantize = quantize[:, 0]
+        if mask is not None:
+            quantize = torch.where(mask.unsqueeze(-1), quantize, orig_input)
+        return quantize.to(orig_input.dtype), embed_ind, loss
+
+    def _training_loss(self, x, commit_quantize, embed_ind, distances, mask, b):
+        loss = 0.0
+        if self.commitment_weight > 0:
+            if self.commitment_use_cross_entropy_loss:
+                if mask is not None:
+                    # The seed marks masked positions in the returned indices too.
+                    ce_mask = mask if self.heads == 1 else mask.unsqueeze(-1).expand(-1, -1, self.heads)
+                    embed_ind.masked_fill_(~ce_mask, -1)
+                commit = self._ce_loss(distances, embed_ind, b)
+            else:
+                commit = masked_mse(commit_quantize, x, mask)
+            loss = loss + commit * self.commitment_weight
+        if self.has_codebook_orthogonal_loss:
+            codes = self._codebook.embed
+            if self.orthogonal_reg_active_codes_only:
+                codes = codes[:, torch.unique(embed_ind)]
+            num_codes = codes.shape[-2]
+            if self.orthogonal_reg_max_codes is not None and num_codes > self.orthogonal_reg_max_codes:
+                pick = torch.randperm(num_codes, device=x.device)[:self.orthogonal_reg_max_codes]
+                codes = codes[:, pick]
+            loss = loss + orthogonal_loss(codes) * self.orthogonal_reg_weight
+        return loss
+
+    def extra_repr(self):
+        return f"dim={self.dim}, codebook_size={self.codebook_size}, heads={self.heads}, backend={self.config.backend!r}"
