@@ -6,13 +6,21 @@ division happens after the reduction, so one code path serves one process and
 many.
 
 The protocol is small on purpose (see :class:`Communicator`); ``SerialComm`` is
-the default and imports no MPI.
+the default and imports no MPI; :class:`MPIComm` wraps mpi4py, which is imported
+only when an ``MPIComm`` is built, so ``import vqcore`` never starts MPI.
+:func:`sample_vectors_distributed` draws the same random rows on every rank
+from data spread over ranks (k-means seeding, dead-code replacement).
 """
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["Communicator", "SerialComm", "resolve_comm"]
+from . import _validate
+from .sampling import sample_multinomial, sample_vectors
+
+__all__ = [
+    "Communicator", "SerialComm", "MPIComm", "resolve_comm", "check_same", "sample_vectors_distributed",
+]
 
 
 class Communicator:
@@ -97,3 +105,250 @@ def resolve_comm(comm) -> Communicator:
         f"comm={comm!r} is not a vqcore communicator; pass None for one process, "
         "vqcore.MPIComm() for MPI, or a vqcore.comm.Communicator subclass"
     )
+
+
+def check_same(comm, **values) -> None:
+    """Raise on every rank unless every rank passed the same ``values``.
+
+    One small all-gather: cheap enough for the first step of a training run,
+    where mismatched shapes or options would otherwise deadlock or silently
+    reduce arrays of different meaning.
+
+    Parameters
+    ----------
+    comm : Communicator or None
+        The communicator; with one process this returns at once.
+    **values
+        Small picklable values compared with ``==``, e.g. ``dim=64,
+        codebook_size=1024``.
+
+    Raises
+    ------
+    ValueError
+        On every rank, naming the first option that differs, rank 0's value and
+        the ranks holding other values.
+    """
+    comm = resolve_comm(comm)
+    if comm.size == 1:
+        return
+    gathered = comm.allgather_object(values)
+    for name, expected in gathered[0].items():
+        others = {
+            rank: theirs.get(name) for rank, theirs in enumerate(gathered)
+            if theirs.get(name) != expected
+        }
+        if others:
+            shown = ", ".join(f"rank {rank} has {name}={value!r}" for rank, value in others.items())
+            raise ValueError(
+                f"ranks disagree on {name}: rank 0 has {name}={expected!r}, {shown}; "
+                f"every rank must pass the same {name}"
+            )
+    extra = {name for theirs in gathered for name in theirs} - set(gathered[0])
+    if extra:
+        raise ValueError(
+            f"ranks checked different options: {sorted(extra)} missing on rank 0; "
+            "every rank must run the same code path"
+        )
+
+
+def sample_vectors_distributed(local_samples, num, rng=None, comm=None):
+    """Draw ``num`` vectors from the union of every rank's ``local_samples``.
+
+    The seed's ``sample_vectors_distributed``: rank 0 splits ``num`` over the
+    ranks in proportion to their row counts (:func:`vqcore.sample_multinomial`,
+    a chain of binomials) and broadcasts the split; every rank draws its share
+    locally (:func:`vqcore.sample_vectors`); one all-gather puts the picks
+    together in rank order, so every rank returns the same array.
+
+    Parameters
+    ----------
+    local_samples : array_like of shape (n_local, d) or (c, n_local, d)
+        This rank's vectors (per codebook set ``c``); ``n_local`` may differ
+        between ranks and may be zero.
+    num : int
+        Vectors to draw per codebook set; the same on every rank.
+    rng : numpy.random.Generator, int or None
+        This rank's randomness: rank 0's draws the split, every rank draws
+        its local picks from its own.
+    comm : Communicator, optional
+        Default: one process, where this is :func:`vqcore.sample_vectors`.
+
+    Returns
+    -------
+    numpy.ndarray of shape (num, d) or (c, num, d)
+        Identical on every rank.  A rank draws distinct rows when it holds at
+        least as many as it contributes, else with replacement (as the seed).
+
+    Raises
+    ------
+    ValueError
+        On every rank, if ``num`` or ``c`` differs between ranks, or if no rank
+        holds a vector while ``num > 0``.
+    """
+    comm = resolve_comm(comm)
+    x = np.asarray(local_samples)
+    if x.ndim not in (2, 3):
+        raise ValueError(f"local_samples must have shape (n, d) or (c, n, d); got shape {x.shape}")
+    num = _validate.positive_int("num", num, minimum=0)
+    rng = _validate.rng(rng)
+    batched = x if x.ndim == 3 else x[None]
+    c, n_local = batched.shape[:2]
+
+    headers = comm.allgather_object((num, c, n_local))
+    for rank, (their_num, their_c, _) in enumerate(headers):
+        if (their_num, their_c) != (headers[0][0], headers[0][1]):
+            raise ValueError(
+                f"sample_vectors_distributed: rank 0 asks for num={headers[0][0]} from c={headers[0][1]} "
+                f"codebook sets, rank {rank} for num={their_num} from c={their_c}; "
+                "every rank must pass the same num and c"
+            )
+    rows = np.array([h[2] for h in headers])
+    if num > 0 and rows.sum() == 0:
+        raise ValueError(f"cannot draw num={num} vectors: every rank holds zero vectors")
+
+    # per_rank[j, r]: how many vectors rank r contributes to codebook set j.
+    per_rank = np.zeros((c, comm.size), dtype=np.int64)
+    if comm.rank == 0 and num > 0:
+        for j in range(c):
+            per_rank[j] = sample_multinomial(num, rows, rng)
+    comm.bcast_(per_rank, root=0)
+
+    local = np.concatenate([sample_vectors(batched[j], int(per_rank[j, comm.rank]), rng) for j in range(c)])
+    gathered = comm.allgatherv(local)
+
+    # gathered is rank-major (rank 0's picks for set 0, 1, ..., then rank 1's); regroup by set.
+    offsets = np.concatenate(([0], np.cumsum(per_rank.T.ravel())))
+    out = np.empty((c, num) + batched.shape[2:], dtype=x.dtype)
+    for j in range(c):
+        out[j] = np.concatenate(
+            [gathered[offsets[r * c + j]:offsets[r * c + j + 1]] for r in range(comm.size)]
+        )
+    return out if x.ndim == 3 else out[0]
+
+
+_MPI_DTYPES = (np.float32, np.float64, np.int32, np.int64)
+
+
+def _import_mpi():
+    """Import ``mpi4py.MPI``, turning a missing install into a clear error."""
+    try:
+        from mpi4py import MPI
+    except (ImportError, RuntimeError) as err:  # RuntimeError: mpi4py present, MPI library not
+        raise ImportError(
+            "vqcore.MPIComm needs mpi4py and an MPI library: "
+            'pip install "vqcore[mpi]" (or point mpi4py at your site MPI)'
+        ) from err
+    return MPI
+
+
+def _check_buffer(array, what):
+    """Validate an array handed to an in-place MPI collective."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"{what} needs a numpy array, got {type(array).__name__}")
+    if array.dtype.type not in _MPI_DTYPES:
+        raise TypeError(
+            f"{what} supports float32, float64, int32 and int64 arrays, got dtype={array.dtype}; "
+            "convert with array.astype(...)"
+        )
+    if not array.flags.c_contiguous:
+        raise ValueError(f"{what} needs a C-contiguous array; pass np.ascontiguousarray(array)")
+    if not array.flags.writeable:
+        raise ValueError(f"{what} works in place and got a read-only array; pass a writable copy")
+
+
+class MPIComm(Communicator):
+    """Communicator over MPI through mpi4py.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Intracomm or None
+        The communicator to work over, default ``MPI.COMM_WORLD``.  vqcore
+        keeps a ``Dup()`` of it, so its messages never match the caller's own
+        point-to-point traffic.  Building an ``MPIComm`` is collective: every
+        rank of ``comm`` must build one.
+
+    Raises
+    ------
+    ImportError
+        If mpi4py or an MPI library is missing (install ``vqcore[mpi]``).
+    TypeError
+        If ``comm`` is not an mpi4py intracommunicator.
+
+    Notes
+    -----
+    Collectives use mpi4py's upper-case, buffer-based calls (no pickling) with
+    ``MPI.IN_PLACE`` where the operation is in place.  Launch jobs with
+    ``mpiexec -n N python -m mpi4py script.py``: an uncaught exception on one
+    rank then aborts every rank instead of leaving the others waiting in a
+    collective.  Building the first ``MPIComm`` also sets the number of
+    numba/torch/BLAS threads for ranks sharing a node (see
+    :func:`vqcore._threads.configure_threads`).
+    """
+
+    def __init__(self, comm=None):
+        MPI = _import_mpi()
+        if comm is None:
+            comm = MPI.COMM_WORLD
+        elif not isinstance(comm, MPI.Intracomm):
+            raise TypeError(
+                f"MPIComm(comm=...) needs an mpi4py intracommunicator such as MPI.COMM_WORLD, "
+                f"got {type(comm).__name__}; pass None to use COMM_WORLD"
+            )
+        self._MPI = MPI
+        self.mpi_comm = comm.Dup()
+        self.rank = self.mpi_comm.Get_rank()
+        self.size = self.mpi_comm.Get_size()
+        from ._threads import configure_threads_once
+
+        configure_threads_once()
+
+    def allreduce_sum_(self, array):
+        _check_buffer(array, "MPIComm.allreduce_sum_")
+        self.mpi_comm.Allreduce(self._MPI.IN_PLACE, array, op=self._MPI.SUM)
+        return array
+
+    def bcast_(self, array, root=0):
+        _check_buffer(array, "MPIComm.bcast_")
+        if not 0 <= root < self.size:
+            raise ValueError(f"root={root} is not a rank of this {self.size}-process communicator")
+        self.mpi_comm.Bcast(array, root=root)
+        return array
+
+    def allgatherv(self, array):
+        array = np.ascontiguousarray(array)
+        if array.ndim == 0:
+            raise ValueError("allgatherv needs an array with a leading (row) axis, got a 0-d array")
+        if array.dtype.type not in _MPI_DTYPES:
+            raise TypeError(
+                f"MPIComm.allgatherv supports float32, float64, int32 and int64 arrays, "
+                f"got dtype={array.dtype}"
+            )
+        # One small object gather gives every rank the row counts and lets all
+        # of them raise the same error when trailing shapes or dtypes differ.
+        headers = self.mpi_comm.allgather((array.shape[0], array.shape[1:], array.dtype.str))
+        rows = [h[0] for h in headers]
+        _, trailing0, dtype0 = headers[0]
+        for rank, (_, trailing, dtype) in enumerate(headers):
+            if (trailing, dtype) != (trailing0, dtype0):
+                raise ValueError(
+                    f"allgatherv: rank 0 sent rows of shape {trailing0} dtype {np.dtype(dtype0)}, "
+                    f"rank {rank} rows of shape {trailing} dtype {np.dtype(dtype)}; "
+                    "all ranks must agree on everything but the number of rows"
+                )
+        out = np.empty((sum(rows),) + array.shape[1:], dtype=array.dtype)
+        row_size = int(np.prod(array.shape[1:], dtype=np.int64))
+        counts = [n * row_size for n in rows]
+        displacements = np.concatenate(([0], np.cumsum(counts)[:-1])).tolist()
+        self.mpi_comm.Allgatherv(array, [out, (counts, displacements)])
+        return out
+
+    def allgather_object(self, obj):
+        return self.mpi_comm.allgather(obj)
+
+    def free(self) -> None:
+        """Release the duplicated MPI communicator (collective; call on every rank)."""
+        if self.mpi_comm != self._MPI.COMM_NULL:
+            self.mpi_comm.Free()
+
+    def __repr__(self):
+        return f"MPIComm(rank={self.rank}, size={self.size})"
