@@ -3,15 +3,15 @@ import numpy as np
 
 
 def nearest(x, codebook, metric="euclidean"):
-    """Index of the nearest code per row, by explicit loops in float64."""
+    """Index of the nearest code per row, one row at a time in float64."""
     x = np.asarray(x, dtype=np.float64)
     codebook = np.asarray(codebook, dtype=np.float64)
     out = np.empty(len(x), dtype=np.int64)
     for i, row in enumerate(x):
         if metric == "euclidean":
-            scores = [-np.sum((row - code) ** 2) for code in codebook]
+            scores = -((codebook - row) ** 2).sum(axis=1)
         else:
-            scores = [np.dot(row, code) for code in codebook]
+            scores = codebook @ row
         out[i] = int(np.argmax(scores))  # first maximum on ties
     return out
 
@@ -22,8 +22,10 @@ def neg_distances(x, codebook, metric="euclidean"):
     codebook = np.asarray(codebook, dtype=np.float64)
     out = np.empty((len(x), len(codebook)))
     for i, row in enumerate(x):
-        for j, code in enumerate(codebook):
-            out[i, j] = -np.sqrt(np.sum((row - code) ** 2)) if metric == "euclidean" else np.dot(row, code)
+        if metric == "euclidean":
+            out[i] = -np.sqrt(((codebook - row) ** 2).sum(axis=1))
+        else:
+            out[i] = codebook @ row
     return out
 
 
