@@ -2,7 +2,8 @@
 from . import ema
 from .cluster import kmeans
 from .codebook import CosineSimCodebook, EuclideanCodebook
-from .comm import Communicator, SerialComm
+from ._threads import configure_threads
+from .comm import Communicator, MPIComm, SerialComm, check_same, sample_vectors_distributed
 from .sampling import gumbel_sample, sample_multinomial, sample_vectors
 from .quantizer import VectorQuantizer
 from .search import distances, nearest
@@ -11,6 +12,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Communicator",
+    "MPIComm",
+    "check_same",
+    "configure_threads",
+    "sample_vectors_distributed",
     "CosineSimCodebook",
     "EuclideanCodebook",
     "VectorQuantizer",

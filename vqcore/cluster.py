@@ -7,7 +7,7 @@ import numpy as np
 
 from . import _validate
 from ._config import num_threads
-from .comm import resolve_comm
+from .comm import check_same, resolve_comm
 from .sampling import sample_vectors
 from .search import assign
 
@@ -92,6 +92,8 @@ def kmeans(x, num_clusters, *, iters=10, metric="euclidean", init=None, seed=Non
     if squeeze:
         x = x[None]
     c, n, d = x.shape
+    if comm.size > 1:
+        check_same(comm, c=c, d=d, num_clusters=num_clusters, iters=iters, metric=metric, dtype=x.dtype.str)
     if init is not None:
         means = _validate.float_array("init", init, dtype=x.dtype)
         means = means[None] if means.ndim == 2 else means

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from . import _validate
 from .cluster import l2_normalize
 from .codebook import CosineSimCodebook, EuclideanCodebook
-from .comm import resolve_comm
+from .comm import check_same, resolve_comm
 from .state import check_state, read_npz, to_numpy, write_npz
 
 __all__ = ["VectorQuantizer"]
@@ -138,6 +138,7 @@ class VectorQuantizer:
         self.project_in = linear_init(self.rng, inner, self.dim) if self.has_projections else None
         self.project_out = linear_init(self.rng, self.dim, inner) if self.has_projections else None
         self._projections_trained = False
+        self._options_checked = False
 
     # -- configuration ------------------------------------------------------
     @property
@@ -165,7 +166,8 @@ class VectorQuantizer:
             expected = x3.shape[:1] if only_one else x3.shape[:2]
             if mask.shape != expected:
                 raise ValueError(f"mask has shape {mask.shape}; it must be {expected} to match x of shape {x.shape}")
-            if not mask.any():
+            # a rank holding no rows legitimately sends an empty mask in a distributed step
+            if not mask.any() and self.comm.size == 1:
                 raise ValueError("mask is all False: no vector would be quantized or trained on")
             mask = mask.reshape(x3.shape[:2])
         return x, x3, mask, only_one
@@ -212,6 +214,10 @@ class VectorQuantizer:
 
     def _forward(self, x, mask, training, *, freeze_codebook=False, sample_codebook_temp=None, want_vectors=True):
         x, x3, mask, only_one = self._check_input(x, mask)
+        if training and self.comm.size > 1 and not self._options_checked:
+            # ranks with different options would corrupt each other's sums silently
+            check_same(self.comm, **self._config)
+            self._options_checked = True
         b, n, _ = x3.shape
         flat = self._to_codebook_layout(self._project(x3, self.project_in))
         if self.use_cosine_sim:

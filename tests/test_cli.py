@@ -1,0 +1,254 @@
+"""The ``vqcore`` command line end to end, as a user runs it (``python -m vqcore`` in a subprocess)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import vqcore
+from vqcore import cli, data
+
+from . import naive
+
+BIN = Path(sys.executable).parent
+BLOBS, DIM, NOISE = 6, 8, 0.1
+
+
+def vqcore_cmd(*args, cwd, mpi_ranks=None, timeout=120):
+    command = [sys.executable, "-m", "vqcore", *map(str, args)]
+    if mpi_ranks:
+        command = [str(BIN / "mpiexec"), "-n", str(mpi_ranks), *command]
+    env = dict(os.environ)
+    env.pop("VQCORE_NUM_THREADS", None)
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def summary_value(stdout, name):
+    match = re.search(rf"^{name}:\s+([-+0-9.eE]+)", stdout, re.M)
+    assert match, f"no {name!r} in\n{stdout}"
+    return float(match.group(1))
+
+
+def blobs(n, seed):
+    """Well separated clusters plus small noise: the error of a good codebook is about NOISE**2."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((BLOBS, DIM)) * 4
+    return (centers[rng.integers(0, BLOBS, n)] + rng.standard_normal((n, DIM)) * NOISE).astype(np.float32)
+
+
+def assert_nearest(codes, x, codebook):
+    """Each code is a nearest one (codes equally near up to float32 rounding may tie either way)."""
+    expected = naive.nearest(x, codebook)
+    squared = ((x.astype(np.float64)[:, None, :] - codebook.astype(np.float64)[None]) ** 2).sum(-1)
+    rows = np.arange(len(x))
+    gap = squared[rows, codes.astype(np.int64)] - squared[rows, expected]
+    # float32 search computes |c|^2 - 2 x.c: its rounding scales with the norms, not the distance
+    scale = (x.astype(np.float64) ** 2).sum(1) + (codebook.astype(np.float64) ** 2).sum(1).max()
+    assert np.all(gap <= 1e-5 * scale), gap.max()
+    assert np.mean(codes == expected) > 0.99
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vqcore: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A codebook fitted by ``vqcore fit`` on blobs, with its data and the fit's output."""
+    work = tmp_path_factory.mktemp("cli")
+    x = blobs(3000, seed=0)
+    np.save(work / "x.npy", x)
+    # twice as many codes as clusters and dead-code re-seeding: every cluster gets a code
+    result = vqcore_cmd("fit", "x.npy", "-k", 2 * BLOBS, "--epochs", 4, "--batch-size", 500,
+                        "--dead-code-threshold", 2, "--seed", 0, "-o", "cb.npz", cwd=work)
+    assert result.returncode == 0, result
+    return work, x, result
+
+
+def test_fit_encode_decode_info(trained):
+    work, x, fit = trained
+    quantizer = vqcore.VectorQuantizer.load(work / "cb.npz")
+    assert quantizer.codebook.shape == (2 * BLOBS, DIM)
+    assert fit.stdout.count("mse:") == 1 and "3000 vectors x 8 dims" in fit.stdout
+
+    assert vqcore_cmd("encode", "cb.npz", "x.npy", "-o", "codes.npy", "--quiet", cwd=work).returncode == 0
+    codes = np.load(work / "codes.npy")
+    assert codes.dtype == np.uint8 and codes.shape == (len(x),)
+    assert_nearest(codes, x, quantizer.codebook)
+
+    assert vqcore_cmd("decode", "cb.npz", "codes.npy", "-o", "recon.npy", cwd=work).returncode == 0
+    recon = np.load(work / "recon.npy")
+    assert recon.dtype == np.float32
+    np.testing.assert_array_equal(recon, quantizer.codebook[codes])
+
+    # the summary reports what the files show
+    mse = float(np.mean((recon.astype(np.float64) - x) ** 2))
+    np.testing.assert_allclose(summary_value(fit.stdout, "mse"), mse, rtol=1e-4)
+    np.testing.assert_allclose(summary_value(fit.stdout, "inertia"), mse * x.size, rtol=1e-4)
+    counts = np.bincount(codes, minlength=2 * BLOBS)
+    p = counts[counts > 0] / counts.sum()
+    np.testing.assert_allclose(summary_value(fit.stdout, "perplexity"), np.exp(-(p * np.log(p)).sum()), rtol=1e-3)
+    assert summary_value(fit.stdout, "dead codes") == (counts == 0).sum()
+    # every cluster has a code: the error is the noise, far below the spread of the clusters
+    assert mse < 4 * NOISE**2 < 0.01 * x.var()
+
+    info = vqcore_cmd("info", "cb.npz", cwd=work)
+    assert info.returncode == 0, info
+    usage = quantizer.usage()
+    assert f"{usage['perplexity']:.4g} of {2 * BLOBS}" in info.stdout
+    histogram = [int(line.split()[-1]) for line in info.stdout.splitlines() if "|" in line]
+    assert len(histogram) == 6 and sum(histogram) == 2 * BLOBS
+
+
+def test_codes_dtype_grows_with_the_codebook():
+    assert [data.codes_dtype(k) for k in (1, 256, 257, 65536, 65537)] == [
+        np.uint8, np.uint8, np.uint16, np.uint16, np.uint32]
+
+
+def test_heads_encode_and_decode(tmp_path):
+    x = blobs(600, seed=1)
+    np.save(tmp_path / "x.npy", x)
+    fit = vqcore_cmd("fit", "x.npy", "-k", 300, "--heads", 2, "--seed", 1, "-o", "cb.npz", "--quiet", cwd=tmp_path)
+    assert fit.returncode == 0, fit
+    assert vqcore_cmd("encode", "cb.npz", "x.npy", "-o", "c.npy", cwd=tmp_path).returncode == 0
+    assert vqcore_cmd("decode", "cb.npz", "c.npy", "-o", "r.npy", cwd=tmp_path).returncode == 0
+    codes, recon = np.load(tmp_path / "c.npy"), np.load(tmp_path / "r.npy")
+    codebook = vqcore.VectorQuantizer.load(tmp_path / "cb.npz").codebook
+    assert codes.dtype == np.uint16 and codes.shape == (600, 2)
+    half = DIM // 2
+    assert_nearest(codes[:, 0], x[:, :half], codebook)
+    assert_nearest(codes[:, 1], x[:, half:], codebook)
+    np.testing.assert_array_equal(recon, np.concatenate([codebook[codes[:, 0]], codebook[codes[:, 1]]], axis=1))
+
+
+def test_npz_keys_several_files_and_rank_patterns(trained, tmp_path):
+    work, x, _ = trained
+    np.savez(tmp_path / "parts.npz", a=x[:1000], b=x[1000:])
+    np.save(tmp_path / "shard-0.npy", x[:1700])
+    np.save(tmp_path / "shard-1.npy", x[1700:].astype(np.float64))
+    (tmp_path / "cb.npz").write_bytes((work / "cb.npz").read_bytes())
+    expected = vqcore.VectorQuantizer.load(work / "cb.npz").encode(x)
+    for name, sources in [("npz", ["parts.npz:a", "parts.npz:b"]), ("rank", ["shard-{rank}.npy"])]:
+        result = vqcore_cmd("encode", "cb.npz", *sources, "-o", f"{name}.npy", cwd=tmp_path)
+        assert result.returncode == 0, result
+        np.testing.assert_array_equal(np.load(tmp_path / f"{name}.npy"), expected)
+    fit = vqcore_cmd("fit", "parts.npz:a", "parts.npz:b", "-k", 4, "-o", "f.npz", "--quiet", cwd=tmp_path)
+    assert fit.returncode == 0 and "3000 vectors" in fit.stdout, fit
+
+
+@pytest.mark.parametrize("case", ["missing", "wrong-dim", "one-dim", "nan", "k0", "exists", "npz-no-key",
+                                  "codes-range", "heads-dim"])
+def test_bad_input_exits_2_with_one_line(trained, tmp_path, case):
+    work, x, _ = trained
+    (tmp_path / "cb.npz").write_bytes((work / "cb.npz").read_bytes())
+    np.save(tmp_path / "x.npy", x)
+    if case == "missing":
+        result = vqcore_cmd("fit", "nope.npy", "-k", 4, "-o", "o.npz", cwd=tmp_path)
+        fragments = ["nope.npy", "no such file"]
+    elif case == "wrong-dim":
+        np.save(tmp_path / "wide.npy", np.zeros((5, DIM + 1), np.float32))
+        result = vqcore_cmd("encode", "cb.npz", "wide.npy", "-o", "o.npy", cwd=tmp_path)
+        fragments = ["wide.npy", f"dim {DIM + 1}", f"dim {DIM}"]
+    elif case == "one-dim":
+        np.save(tmp_path / "flat.npy", np.zeros(5, np.float32))
+        result = vqcore_cmd("fit", "flat.npy", "-k", 2, "-o", "o.npz", cwd=tmp_path)
+        fragments = ["flat.npy", "shape (5,)"]
+    elif case == "nan":
+        bad = x.copy()
+        bad[1234, 3] = np.nan
+        np.save(tmp_path / "nan.npy", bad)
+        result = vqcore_cmd("fit", "nan.npy", "-k", 4, "-o", "o.npz", cwd=tmp_path)
+        fragments = ["nan.npy", "row 1234", "NaN"]
+    elif case == "k0":
+        result = vqcore_cmd("fit", "x.npy", "-k", 0, "-o", "o.npz", cwd=tmp_path)
+        fragments = ["-k", ">= 1"]
+    elif case == "exists":
+        (tmp_path / "o.npy").write_bytes(b"keep me")
+        result = vqcore_cmd("encode", "cb.npz", "x.npy", "-o", "o.npy", cwd=tmp_path)
+        fragments = ["o.npy", "--force"]
+        assert (tmp_path / "o.npy").read_bytes() == b"keep me"
+    elif case == "npz-no-key":
+        np.savez(tmp_path / "d.npz", train=x)
+        result = vqcore_cmd("fit", "d.npz", "-k", 2, "-o", "o.npz", cwd=tmp_path)
+        fragments = ["d.npz", "d.npz:KEY", "train"]
+    elif case == "codes-range":
+        np.save(tmp_path / "codes.npy", np.array([0, 1, 99], dtype=np.int32))
+        result = vqcore_cmd("decode", "cb.npz", "codes.npy", "-o", "o.npy", cwd=tmp_path)
+        fragments = ["codes.npy", "99"]
+    else:
+        result = vqcore_cmd("fit", "x.npy", "-k", 2, "--heads", 3, "-o", "o.npz", cwd=tmp_path)
+        fragments = ["--heads 3", f"dim {DIM}"]
+    assert_one_line_error(result, *fragments)
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".vqcore-")]
+    assert not leftovers and (case == "exists" or not (tmp_path / "o.npy").exists())
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_force_overwrites(trained, tmp_path):
+    work, x, _ = trained
+    np.save(tmp_path / "x.npy", x[:100])
+    (tmp_path / "out.npz").write_bytes(b"old")
+    refused = vqcore_cmd("fit", "x.npy", "-k", 3, "-o", "out.npz", "--seed", 0, cwd=tmp_path)
+    assert_one_line_error(refused, "out.npz", "--force")
+    forced = vqcore_cmd("fit", "x.npy", "-k", 3, "-o", "out.npz", "--seed", 0, "--force", "--quiet", cwd=tmp_path)
+    assert forced.returncode == 0, forced
+    assert vqcore.VectorQuantizer.load(tmp_path / "out.npz").codebook_size == 3
+
+
+def test_unexpected_failure_exits_1_with_traceback(monkeypatch, capsys):
+    def broken(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_info", broken)
+    assert cli.main(["info", "whatever.npz"]) == 1
+    assert "RuntimeError: a bug" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (BIN / "mpiexec").exists() or importlib.util.find_spec("mpi4py") is None,
+                    reason='needs mpiexec and mpi4py: pip install "vqcore[mpi]"')
+def test_fit_under_mpiexec_with_one_file_per_rank(trained, tmp_path):
+    _, x, _ = trained
+    np.save(tmp_path / "part-0.npy", x[:1000])
+    np.save(tmp_path / "part-1.npy", x[1000:])
+    result = vqcore_cmd("fit", "part-{rank}.npy", "-k", 2 * BLOBS, "--epochs", 3, "--batch-size", 250,
+                        "--dead-code-threshold", 2, "--seed", 0, "-o", "cb.npz", cwd=tmp_path, mpi_ranks=2)
+    assert result.returncode == 0, result
+    assert result.stdout.count("mse:") == 1 and "3000 vectors x 8 dims" in result.stdout and "2 ranks" in result.stdout
+    quantizer = vqcore.VectorQuantizer.load(tmp_path / "cb.npz")
+    recon = quantizer.decode(quantizer.encode(x))
+    mse = float(np.mean((recon.astype(np.float64) - x) ** 2))
+    np.testing.assert_allclose(summary_value(result.stdout, "mse"), mse, rtol=1e-4)
+    assert mse < 4 * NOISE**2
+
+    missing = vqcore_cmd("fit", "part-{rank}.npy", "-k", 4, "-o", "cb3.npz", cwd=tmp_path, mpi_ranks=3)
+    assert_one_line_error(missing, "part-2.npy", "no such file")
+
+
+def test_cosine_codebook_codes_are_largest_dot_products(tmp_path):
+    x = blobs(800, seed=3)
+    np.save(tmp_path / "x.npy", x)
+    fit = vqcore_cmd("fit", "x.npy", "-k", 8, "--cosine", "--seed", 3, "-o", "cb.npz", "--quiet", cwd=tmp_path)
+    assert fit.returncode == 0 and "cosine" in fit.stdout, fit
+    assert vqcore_cmd("encode", "cb.npz", "x.npy", "-o", "c.npy", cwd=tmp_path).returncode == 0
+    codebook = vqcore.VectorQuantizer.load(tmp_path / "cb.npz").codebook
+    np.testing.assert_allclose(np.linalg.norm(codebook, axis=1), 1, rtol=1e-5)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    codes = np.load(tmp_path / "c.npy").astype(np.int64)
+    scores = unit.astype(np.float64) @ codebook.astype(np.float64).T
+    best = scores.max(axis=1)
+    assert np.all(scores[np.arange(len(x)), codes] >= best - 1e-5)
+    assert np.mean(codes == naive.nearest(unit, codebook, metric="cosine")) > 0.99
+    # the reported error is that of the unit vectors (a cosine codebook keeps directions only)
+    mse = np.mean((codebook[codes].astype(np.float64) - unit) ** 2)
+    np.testing.assert_allclose(summary_value(fit.stdout, "mse"), mse, rtol=1e-4)
