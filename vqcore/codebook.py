@@ -263,7 +263,10 @@ class EuclideanCodebook:
         indices = self.assign(x, codebook, training=training, sample_codebook_temp=temperature)
         quantize = None
         if return_quantize:
-            quantize = np.stack([np.take(codes, ind, axis=0) for codes, ind in zip(codebook, indices)])
+            if codebook.shape[0] == 1:  # skip the stack's copy in the common one-codebook case
+                quantize = codebook[0].take(indices[0], axis=0)[None]
+            else:
+                quantize = np.stack([codes.take(ind, axis=0) for codes, ind in zip(codebook, indices)])
         if training and self.ema_update and not freeze_codebook:
             self.ema_step_(x, indices, mask)
         return quantize, indices

@@ -28,19 +28,39 @@ def block_rows(n, k, itemsize, nthreads):
 def row_argmin(row, bias):
     """First index of the smallest ``row[j] + bias[j]``, and that value.
 
-    Two passes: a reduction that vectorises, then an early-exit scan for the
-    first position holding the minimum (ties go to the lowest index).
+    Four independent running minima (codes ``j % 4``) break the dependency
+    chain of a single minimum, which halves the pass; a code replaces its
+    chain's best only when strictly smaller, and the chains are merged with
+    ties going to the lowest index, so the result is the first minimum.
+    NaN never compares smaller, so a row of NaN keeps ``inf``: callers detect
+    bad input from a non-finite minimum.
     """
     k = row.shape[0]
-    m = np.inf
-    for j in range(k):
-        m = min(m, row[j] + bias[j])
-    for j in range(k):
-        if row[j] + bias[j] == m:
-            return j, m
-    # Unreachable for finite input; keep a correct answer regardless.
-    best, arg = row[0] + bias[0], 0
-    for j in range(1, k):
+    inf = row.dtype.type(np.inf)
+    m0, m1, m2, m3 = inf, inf, inf, inf
+    i0, i1, i2, i3 = 0, 0, 0, 0
+    k4 = k - k % 4
+    for j in range(0, k4, 4):
+        v = row[j] + bias[j]
+        if v < m0:
+            m0, i0 = v, j
+        v = row[j + 1] + bias[j + 1]
+        if v < m1:
+            m1, i1 = v, j + 1
+        v = row[j + 2] + bias[j + 2]
+        if v < m2:
+            m2, i2 = v, j + 2
+        v = row[j + 3] + bias[j + 3]
+        if v < m3:
+            m3, i3 = v, j + 3
+    best, arg = m0, i0
+    if m1 < best or (m1 == best and i1 < arg):
+        best, arg = m1, i1
+    if m2 < best or (m2 == best and i2 < arg):
+        best, arg = m2, i2
+    if m3 < best or (m3 == best and i3 < arg):
+        best, arg = m3, i3
+    for j in range(k4, k):
         v = row[j] + bias[j]
         if v < best:
             best, arg = v, j
