@@ -205,15 +205,25 @@ def evaluate(target: Target, rows: list[Row]) -> Target:
     return target
 
 
+SETTLE_S = 0.25
+
+
 def run_case(case: Case, impls: list[Impl], repeat: int, budget_s: float, threads: int) -> Case:
     """Warm up every implementation of ``case``, time them interleaved, then evaluate the targets."""
     rows = [Row(impl=impl.name, note=impl.note) for impl in impls]
     calls = [_warm_up(impl, row, threads) for impl, row in zip(impls, rows)]
     live = [i for i, call in enumerate(calls) if call is not None]
 
-    # numba's OpenMP pool can reset torch's thread count: re-apply before every call.
+    # numba's OpenMP pool can reset torch's thread count: re-apply before every call.  Then
+    # pause: OpenBLAS and OpenMP workers spin for tens of ms after a call, and would steal
+    # the cores from whichever implementation runs next (measured: +60 % on partial_fit
+    # right after numpy's GEMM).
+    def settle():
+        apply_threads(threads)
+        time.sleep(SETTLE_S)
+
     runs, failures = interleave([calls[i] for i in live], repeat, [rows[i].warmup for i in live], budget_s,
-                                before=lambda: apply_threads(threads))
+                                before=settle)
     for position, i in enumerate(live):
         if position in failures:
             rows[i].status, rows[i].note = ERROR, _describe(failures[position])
