@@ -151,6 +151,22 @@ def check_same(comm, **values) -> None:
         )
 
 
+def check_gather_headers(headers):
+    """Check every rank's ``(rows, trailing_shape, dtype_name)`` agrees but for the rows; return the rows.
+
+    Every rank runs this on the same gathered list, so all raise the same error.
+    """
+    _, trailing0, dtype0 = headers[0]
+    for rank, (_, trailing, dtype) in enumerate(headers):
+        if (tuple(trailing), dtype) != (tuple(trailing0), dtype0):
+            raise ValueError(
+                f"allgatherv: rank 0 sent rows of shape {tuple(trailing0)} dtype {dtype0}, "
+                f"rank {rank} rows of shape {tuple(trailing)} dtype {dtype}; "
+                "all ranks must agree on everything but the number of rows"
+            )
+    return [h[0] for h in headers]
+
+
 def sample_vectors_distributed(local_samples, num, rng=None, comm=None):
     """Draw ``num`` vectors from the union of every rank's ``local_samples``.
 
@@ -325,16 +341,8 @@ class MPIComm(Communicator):
             )
         # One small object gather gives every rank the row counts and lets all
         # of them raise the same error when trailing shapes or dtypes differ.
-        headers = self.mpi_comm.allgather((array.shape[0], array.shape[1:], array.dtype.str))
-        rows = [h[0] for h in headers]
-        _, trailing0, dtype0 = headers[0]
-        for rank, (_, trailing, dtype) in enumerate(headers):
-            if (trailing, dtype) != (trailing0, dtype0):
-                raise ValueError(
-                    f"allgatherv: rank 0 sent rows of shape {trailing0} dtype {np.dtype(dtype0)}, "
-                    f"rank {rank} rows of shape {trailing} dtype {np.dtype(dtype)}; "
-                    "all ranks must agree on everything but the number of rows"
-                )
+        headers = self.mpi_comm.allgather((array.shape[0], array.shape[1:], np.dtype(array.dtype).name))
+        rows = check_gather_headers(headers)
         out = np.empty((sum(rows),) + array.shape[1:], dtype=array.dtype)
         row_size = int(np.prod(array.shape[1:], dtype=np.int64))
         counts = [n * row_size for n in rows]

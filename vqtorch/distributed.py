@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from vqcore.comm import Communicator
+from vqcore.comm import Communicator, check_gather_headers
 from vqcore._threads import configure_threads_once
 
 __all__ = ["TorchDistComm", "default_comm"]
@@ -94,15 +94,7 @@ class TorchDistComm(Communicator):
         if tensor.dim() == 0:
             raise ValueError("allgatherv needs an array with a leading (row) axis, got a 0-d array")
         headers = self.allgather_object((tensor.shape[0], tuple(tensor.shape[1:]), str(tensor.dtype)))
-        _, trailing0, dtype0 = headers[0]
-        for rank, (_, trailing, dtype) in enumerate(headers):
-            if (trailing, dtype) != (trailing0, dtype0):
-                raise ValueError(
-                    f"allgatherv: rank 0 sent rows of shape {trailing0} dtype {dtype0}, "
-                    f"rank {rank} rows of shape {trailing} dtype {dtype}; "
-                    "all ranks must agree on everything but the number of rows"
-                )
-        rows = [h[0] for h in headers]
+        rows = check_gather_headers(headers)
         # torch's all_gather wants equal sizes: pad every block to the longest.
         longest = max(rows)
         device = self._device if self._device is not None else tensor.device
