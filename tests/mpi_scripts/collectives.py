@@ -11,35 +11,12 @@ import numba
 import numpy as np
 from mpi4py import MPI
 
+from shards import expect_error, my_shard, shard_rows
 from vqcore.comm import MPIComm, check_same, sample_vectors_distributed
 
 comm = MPIComm()
 rank, size = comm.rank, comm.size
 world = MPI.COMM_WORLD
-
-
-def expect_error(kind, fragment, fn, *args, **kwargs):
-    try:
-        fn(*args, **kwargs)
-    except kind as err:
-        assert fragment in str(err), f"{fragment!r} not in {err}"
-        return
-    raise AssertionError(f"{fn.__name__} raised no {kind.__name__}")
-
-
-def shard_rows(total, size):
-    """Uneven rows per rank; with 2+ ranks, rank 1 holds none."""
-    weights = np.array([(r % 3) + 1 for r in range(size)], dtype=float)
-    if size > 1:
-        weights[1] = 0
-    rows = np.floor(weights / weights.sum() * total).astype(int)
-    rows[0] += total - rows.sum()
-    return rows
-
-
-def my_shard(global_array, rows):
-    start = int(rows[:rank].sum())
-    return np.ascontiguousarray(global_array[start:start + rows[rank]])
 
 
 # --- the communicator itself
@@ -88,7 +65,7 @@ for total in (0, 1, 10, 37):
     rows = shard_rows(total, size)
     for trailing, dtype in (((), np.int64), ((5,), np.float32), ((2, 3), np.float64)):
         global_array = np.random.default_rng(total).standard_normal((total,) + trailing).astype(dtype)
-        gathered = comm.allgatherv(my_shard(global_array, rows))
+        gathered = comm.allgatherv(my_shard(global_array, rows, rank))
         assert gathered.dtype == dtype and np.array_equal(gathered, global_array), (total, trailing)
 if size > 1:
     expect_error(ValueError, "rank 0 sent rows of shape (3,) dtype float32, rank 1 rows of shape (4,)",
@@ -111,7 +88,7 @@ total, d = 40, 3
 rows = shard_rows(total, size)
 # column 0 holds each row's global index, so every pick can be traced back
 union = np.column_stack([np.arange(total), np.random.default_rng(5).standard_normal((total, d - 1))])
-mine = my_shard(union, rows)
+mine = my_shard(union, rows, rank)
 for num in (0, 1, 25, 100):
     rng = np.random.default_rng([rank, num])  # deliberately different streams per rank
     picks = sample_vectors_distributed(mine, num, rng, comm)
@@ -141,7 +118,7 @@ assert np.all(np.abs(share.mean(0) - num * p) <= 5 * standard_error + 1e-12), (s
 
 # batched (c, n, d): each codebook set drawn separately, same on all ranks
 stacked = np.stack([union, union + 1000.0])
-picks = sample_vectors_distributed(my_shard(stacked.transpose(1, 0, 2), rows).transpose(1, 0, 2).copy(),
+picks = sample_vectors_distributed(my_shard(stacked.transpose(1, 0, 2), rows, rank).transpose(1, 0, 2).copy(),
                                    7, np.random.default_rng(rank), comm)
 assert picks.shape == (2, 7, d)
 assert all(np.array_equal(p, picks) for p in comm.allgather_object(picks))

@@ -14,6 +14,7 @@ import sys
 import numpy as np
 
 import vqcore
+from shards import shard_rows
 from vqcore.comm import MPIComm
 
 comm = MPIComm()
@@ -22,12 +23,7 @@ DIM, CODES, TOTAL, STEPS = 8, 16, 61, 3
 
 
 def rows_per_rank():
-    weights = np.array([(r % 3) + 1 for r in range(size)], dtype=float)
-    if size > 1:
-        weights[1] = 0
-    rows = np.floor(weights / weights.sum() * TOTAL).astype(int)
-    rows[0] += TOTAL - rows.sum()
-    return rows
+    return shard_rows(TOTAL, size)
 
 
 ROWS = rows_per_rank()

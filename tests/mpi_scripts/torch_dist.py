@@ -13,6 +13,7 @@ import torch.distributed as dist
 
 import vqcore
 from vqcore.comm import check_same, sample_vectors_distributed
+from shards import expect_error, my_shard, shard_rows
 from vqtorch.distributed import TorchDistComm, default_comm
 
 rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -28,29 +29,6 @@ dist.init_process_group("gloo", init_method=sys.argv[1], rank=rank, world_size=s
 comm = TorchDistComm()
 assert (comm.rank, comm.size) == (rank, size)
 assert isinstance(default_comm(), TorchDistComm) == (size > 1)
-
-
-def expect_error(kind, fragment, fn, *args, **kwargs):
-    try:
-        fn(*args, **kwargs)
-    except kind as err:
-        assert fragment in str(err), f"{fragment!r} not in {err}"
-        return
-    raise AssertionError(f"{fn.__name__} raised no {kind.__name__}")
-
-
-def shard_rows(total):
-    """Uneven rows per rank; with 2+ ranks, rank 1 holds none."""
-    weights = np.array([(r % 3) + 1 for r in range(size)], dtype=float)
-    weights[1] = 0
-    rows = np.floor(weights / weights.sum() * total).astype(int)
-    rows[0] += total - rows.sum()
-    return rows
-
-
-def my_shard(global_array, rows):
-    start = int(rows[:rank].sum())
-    return np.ascontiguousarray(global_array[start:start + rows[rank]])
 
 
 # allreduce: numpy in place (exact for integers), and tensors
@@ -84,13 +62,13 @@ if rank in members:
 
 # allgatherv: uneven and empty shards, numpy and tensors
 for total in (0, 1, 10, 37):
-    rows = shard_rows(total)
+    rows = shard_rows(total, size)
     for trailing, dtype in (((), np.int64), ((5,), np.float32), ((2, 3), np.float64)):
         global_array = np.random.default_rng(total).standard_normal((total,) + trailing).astype(dtype)
-        gathered = comm.allgatherv(my_shard(global_array, rows))
+        gathered = comm.allgatherv(my_shard(global_array, rows, rank))
         assert isinstance(gathered, np.ndarray)
         assert gathered.dtype == dtype and np.array_equal(gathered, global_array), (total, trailing)
-    gathered = comm.allgatherv(torch.from_numpy(my_shard(global_array, rows)))
+    gathered = comm.allgatherv(torch.from_numpy(my_shard(global_array, rows, rank)))
     assert torch.equal(gathered, torch.from_numpy(global_array))
 expect_error(ValueError, "rank 0 sent rows of shape (3,) dtype torch.float32, rank 1 rows of shape (4,)",
              comm.allgatherv, np.zeros((2, 4 if rank == 1 else 3), np.float32))
@@ -101,9 +79,9 @@ expect_error(ValueError, f"rank 0 has dim=8, rank {size - 1} has dim=9",
 
 # distributed sampling through torch.distributed: same picks on all ranks, rows of the union
 total = 30
-rows = shard_rows(total)
+rows = shard_rows(total, size)
 union = np.column_stack([np.arange(total), np.random.default_rng(4).standard_normal(total)])
-picks = sample_vectors_distributed(my_shard(union, rows), 12, np.random.default_rng(rank), comm)
+picks = sample_vectors_distributed(my_shard(union, rows, rank), 12, np.random.default_rng(rank), comm)
 assert all(np.array_equal(p, picks) for p in comm.allgather_object(picks))
 assert np.array_equal(picks, union[picks[:, 0].astype(int)])
 
@@ -111,11 +89,11 @@ assert np.array_equal(picks, union[picks[:, 0].astype(int)])
 serial = vqcore.VectorQuantizer(6, 8, seed=0)
 shared = vqcore.VectorQuantizer(6, 8, seed=rank, comm=comm)
 shared.load_state_dict(serial.state_dict())
-rows = shard_rows(40)
+rows = shard_rows(40, size)
 for step in range(3):
     x = np.random.default_rng(step).standard_normal((40, 6)).astype(np.float32)
     serial.partial_fit(x)
-    shared.partial_fit(my_shard(x, rows))
+    shared.partial_fit(my_shard(x, rows, rank))
     for key, value in shared.state_dict().items():
         np.testing.assert_allclose(value, serial.state_dict()[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
