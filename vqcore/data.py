@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 
 import numpy as np
+
+from .state import atomic_file
 
 __all__ = [
     "InputError", "Rows", "open_rows", "expand_sources", "open_source", "open_codes", "codes_dtype",
@@ -244,38 +245,18 @@ def check_output(path, force):
         raise InputError(path, f"directory {directory} is not writable")
 
 
-def _publish(tmp, path, force):
-    """Move the finished ``tmp`` onto ``path``; without ``force`` never replace an existing file."""
-    if force:
-        os.replace(tmp, path)
-        return
-    try:
-        os.link(tmp, path)  # atomic, and fails if path exists
-    except FileExistsError:
-        raise InputError(path, "already exists (created while this command ran); pass --force to overwrite it") from None
-    except OSError:  # file systems without hard links
-        if os.path.exists(path):
-            raise InputError(path, "already exists; pass --force to overwrite it") from None
-        os.replace(tmp, path)
-        return
-    os.unlink(tmp)
-
-
 @contextlib.contextmanager
 def atomic_path(path, *, force=False, suffix=".tmp"):
     """Yield a temporary file name next to ``path``; publish it there if the block succeeds.
 
-    The temporary file is removed when the block raises.
+    Without ``force`` an existing file is never replaced, even one created
+    while the block ran.  The temporary file is removed when the block raises.
     """
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=".vqcore-", suffix=suffix, dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
     try:
-        yield tmp
-        _publish(tmp, path, force)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        with atomic_file(path, overwrite=force, suffix=suffix) as tmp:
+            yield tmp
+    except FileExistsError:
+        raise InputError(path, "already exists (created while this command ran); pass --force to overwrite it") from None
 
 
 @contextlib.contextmanager
@@ -288,6 +269,4 @@ def atomic_npy(path, shape, dtype, *, force=False):
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=tuple(shape))
         yield out
         out.flush()
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
         del out

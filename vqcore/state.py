@@ -1,6 +1,7 @@
 """State dicts and quantizer files: checks, conversion, atomic ``.npz`` writing."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -60,30 +61,56 @@ def check_state(state, expected, *, optional=(), strict=True):
     return {k: v.astype(np.float32) for k, v in state.items() if k in expected}
 
 
-def write_npz(path, *, kind, config, state):
-    """Write ``config`` (JSON) and ``state`` arrays to ``path`` atomically.
+@contextlib.contextmanager
+def atomic_file(path, *, overwrite=True, suffix=".tmp"):
+    """Yield a temporary file name next to ``path``; move it onto ``path`` when the block succeeds.
 
-    The file is written next to its destination under a temporary name and
-    renamed over it only when complete, so a crash never leaves half a file.
+    The file is synced before it is published and removed when the block
+    raises, so a crash never leaves half a file at ``path``.
+
+    Raises
+    ------
+    FileExistsError
+        ``overwrite=False`` and ``path`` exists (checked atomically at publication).
     """
     path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(prefix=".vqcore-", suffix=suffix, dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        _publish(tmp, path, overwrite)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _publish(tmp, path, overwrite):
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # atomic, and fails if path exists
+    except FileExistsError:
+        raise
+    except OSError:  # file systems without hard links
+        if os.path.exists(path):
+            raise FileExistsError(path) from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
+def write_npz(path, *, kind, config, state):
+    """Write ``config`` (JSON) and ``state`` arrays to ``path`` atomically (see :func:`atomic_file`)."""
     arrays = {f"state/{k}": np.asarray(v) for k, v in state.items()}
     arrays["format"] = np.array(FORMAT)
     arrays["format_version"] = np.array(FORMAT_VERSION)
     arrays["kind"] = np.array(kind)
     arrays["config"] = np.array(json.dumps(config, sort_keys=True))
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".vqcore-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def read_npz(path, *, kind):
