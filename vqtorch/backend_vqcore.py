@@ -1,8 +1,9 @@
 """The CPU backend: vqcore's numpy kernels on zero-copy ``.numpy()`` views of CPU tensors.
 
-Random draws come from a numpy generator seeded by one ``torch.randint`` draw, so
-``torch.manual_seed`` still makes a run reproducible (the draws differ from the seed's
-torch ones; the torch backend is the one that follows them draw for draw).
+The few random draws (k-means seeds, dead-code replacement rows) are row indices drawn
+with torch in the seed's order (:func:`vqtorch.backend_torch._sample_rows`), and the numpy
+kernels receive the chosen rows; so with the same ``torch.manual_seed`` this backend follows
+the seed (and the torch backend) draw for draw.
 """
 from __future__ import annotations
 
@@ -11,16 +12,14 @@ import torch
 
 import vqcore
 
+from .backend_torch import _sample_rows
+
 __all__ = ["VqcoreBackend"]
 
 
 def _np(t):
     """A float32/int64 numpy view of a CPU tensor (copies only if it is not contiguous)."""
     return t.detach().contiguous().numpy()
-
-
-def _torch_seeded_rng():
-    return np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,)).item()))
 
 
 def _metric(cosine):
@@ -52,8 +51,8 @@ class VqcoreBackend:
                                decay=decay, eps=eps, cosine=cosine)
 
     def sample_vectors(self, samples, num):
-        """``num`` rows drawn from ``samples`` (n, d)."""
-        return torch.from_numpy(vqcore.sample_vectors(_np(samples), num, _torch_seeded_rng()))
+        """``num`` rows drawn from ``samples`` (n, d), with the seed's torch draws."""
+        return _sample_rows(samples, num)
 
     @torch.no_grad()
     def kmeans(self, samples, num_clusters, *, iters, cosine, sample_fn=None, all_reduce=None):
@@ -61,8 +60,10 @@ class VqcoreBackend:
         if sample_fn is not None or all_reduce is not None:
             raise ValueError("the vqcore backend runs k-means on one process; distributed k-means uses the torch "
                              "backend")
+        # Initial means drawn by torch, one codebook set after the other, as the seed seeds k-means.
+        init = torch.stack([_sample_rows(part, num_clusters) for part in samples.unbind(0)])
         means, counts = vqcore.kmeans(_np(samples), num_clusters, iters=iters, metric=_metric(cosine),
-                                      seed=_torch_seeded_rng())
+                                      init=_np(init))
         return torch.from_numpy(np.ascontiguousarray(means)), torch.from_numpy(counts)
 
     @torch.no_grad()
