@@ -11,7 +11,9 @@ from .comm import check_same, resolve_comm
 from .sampling import sample_vectors
 from .search import assign
 
-__all__ = ["kmeans"]
+__all__ = ["kmeans", "kmeans_plusplus"]
+
+INITS = ("random", "k-means++", "k-means||")
 
 
 def l2_normalize(x, axis=-1):
@@ -51,8 +53,227 @@ def lloyd_statistics(x, means, metric, comm):
     return stats[..., d], stats[..., :d]
 
 
-def kmeans(x, num_clusters, *, iters=10, metric="euclidean", init=None, seed=None, comm=None):
-    """Lloyd's k-means, as the seed runs it to initialise codebooks.
+# Independent random streams derived from one shared root seed (see _shared_root).
+_SUBSAMPLE_STREAM, _FIRST_STREAM, _REDUCE_STREAM, _ROUND_STREAM = 0, 1, 2, 3
+#: Rounds of k-means|| oversampling; Bahmani et al. (2012) find 5 enough with oversampling 2k.
+KMEANS_PARALLEL_ROUNDS = 5
+
+
+def _global_rows(n, comm):
+    """``(offset, total)``: where this rank's rows start in the concatenation, and all rows."""
+    if comm.size == 1:
+        return 0, n
+    counts = comm.allgather_object(n)
+    return int(sum(counts[: comm.rank])), int(sum(counts))
+
+
+def _shared_root(rng, comm):
+    """One integer seed, drawn from rank 0's generator and broadcast: the root of shared streams."""
+    root = np.array([rng.integers(2**62)], dtype=np.int64)
+    comm.bcast_(root, root=0)
+    return int(root[0])
+
+
+def _shared_uniforms(root, stream, offset, n):
+    """Uniforms of one global stream for rows ``offset .. offset + n``.
+
+    Row ``i`` of the concatenated data always gets the ``i``-th number of the
+    stream (PCG64 jumps ahead in O(log offset)), so a rank draws exactly what a
+    single process would draw for the same rows: sharding does not change the
+    sample.
+    """
+    bitgen = np.random.PCG64(np.random.SeedSequence([root, stream]))
+    bitgen.advance(offset)
+    return np.random.Generator(bitgen).random(n)
+
+
+def _sq_distances(x, x_sq, centers):
+    """Squared euclidean distances (n, m) in float64, clamped at 0."""
+    c = np.asarray(centers, dtype=x.dtype)
+    c_sq = np.einsum("md,md->m", c, c, dtype=np.float64)
+    out = (x @ c.T).astype(np.float64)
+    out *= -2.0
+    out += x_sq[:, None]
+    out += c_sq[None, :]
+    return np.maximum(out, 0.0, out=out)
+
+
+def _greedy_kmeanspp(x, k, rng, weights=None, n_local_trials=None):
+    """Greedy k-means++ seeding of one (n, d) set; returns the chosen row indices.
+
+    Every step draws ``n_local_trials`` candidates with probability
+    proportional to (weight x) squared distance to the nearest chosen centre
+    and keeps the one that lowers the potential most (scikit-learn's default,
+    ``2 + log(k)`` trials).
+    """
+    n = x.shape[0]
+    trials = n_local_trials if n_local_trials is not None else 2 + int(np.log(k))
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    x_sq = np.einsum("nd,nd->n", x, x, dtype=np.float64)
+    chosen = np.empty(k, dtype=np.int64)
+    chosen[0] = rng.integers(n) if weights is None else rng.choice(n, p=w / w.sum())
+    closest = _sq_distances(x, x_sq, x[chosen[:1]])[:, 0]
+    potential = w @ closest
+    for step in range(1, k):
+        draws = rng.random(trials) * potential
+        candidates = np.searchsorted(np.cumsum(w * closest), draws)
+        np.minimum(candidates, n - 1, out=candidates)
+        dist = _sq_distances(x, x_sq, x[candidates])
+        np.minimum(dist, closest[:, None], out=dist)
+        potentials = w @ dist
+        best = int(np.argmin(potentials))
+        chosen[step] = candidates[best]
+        closest = dist[:, best].copy()
+        potential = potentials[best]
+    return chosen
+
+
+def kmeans_plusplus(x, num_clusters, *, seed=None, sample_weight=None, n_local_trials=None):
+    """Greedy k-means++ seeding, as scikit-learn's ``kmeans_plusplus``.
+
+    Parameters
+    ----------
+    x : array_like of shape (n_samples, n_features)
+    num_clusters : int
+    seed : int, numpy.random.Generator or None
+    sample_weight : array_like of shape (n_samples,), optional
+        Non-negative weights (k-means|| uses candidate counts).
+    n_local_trials : int, optional
+        Candidates tried per centre; default ``2 + int(log(num_clusters))``.
+
+    Returns
+    -------
+    centers : ndarray of shape (num_clusters, n_features)
+    indices : ndarray of int64, shape (num_clusters,)
+        Rows of ``x`` chosen.  When there are fewer distinct rows than
+        clusters, some rows are chosen more than once.
+    """
+    x = _validate.float_array("x", x, ndims=(2,))
+    num_clusters = _validate.positive_int("num_clusters", num_clusters)
+    if x.shape[0] == 0:
+        raise ValueError("x has no rows to seed k-means++ from; pass at least one row")
+    if n_local_trials is not None:
+        n_local_trials = _validate.positive_int("n_local_trials", n_local_trials)
+    weights = None
+    if sample_weight is not None:
+        weights = np.asarray(sample_weight, dtype=np.float64)
+        if weights.shape != (x.shape[0],) or not np.all(np.isfinite(weights)) or np.any(weights < 0) \
+                or weights.sum() <= 0:
+            raise ValueError(
+                f"sample_weight must be {x.shape[0]} finite non-negative numbers, not all zero; "
+                f"got shape {weights.shape}"
+            )
+    chosen = _greedy_kmeanspp(x, num_clusters, _validate.rng(seed), weights, n_local_trials)
+    return x[chosen].copy(), chosen
+
+
+def _kmeans_parallel(x, k, root, comm, offset):
+    """k-means|| seeding of one (n_local, d) shard; identical on every rank.
+
+    The first centre is one global row; each of ``KMEANS_PARALLEL_ROUNDS``
+    rounds keeps every row with probability ``2k * D(x)^2 / phi`` (one shared
+    uniform per global row, so the picks do not depend on the sharding); the
+    candidates, weighted by the rows nearest to them (all-reduced), are
+    reduced to ``k`` centres by greedy k-means++ on every rank with the same
+    generator.
+    """
+    n = x.shape[0]
+    total = int(sum(comm.allgather_object(n))) if comm.size > 1 else n
+    first = int(np.random.default_rng([root, _FIRST_STREAM]).integers(total))
+    mine = first - offset
+    centers = comm.allgatherv(np.ascontiguousarray(x[mine:mine + 1] if 0 <= mine < n else x[:0]))
+    x_sq = np.einsum("nd,nd->n", x, x, dtype=np.float64)
+    closest = _sq_distances(x, x_sq, centers)[:, 0] if n else np.zeros(0)
+    for r in range(KMEANS_PARALLEL_ROUNDS):
+        phi = np.array([closest.sum()])
+        comm.allreduce_sum_(phi)
+        if phi[0] <= 0:
+            break
+        uniforms = _shared_uniforms(root, _ROUND_STREAM + r, offset, n)
+        picked = comm.allgatherv(np.ascontiguousarray(x[uniforms < 2 * k * closest / phi[0]]))
+        if len(picked) and n:
+            closest = np.minimum(closest, _sq_distances(x, x_sq, picked).min(axis=1))
+        centers = np.concatenate([centers, picked])
+    indices = np.empty(n, dtype=np.int64)
+    assign(x, np.ascontiguousarray(centers), "euclidean", indices, np.empty(n, dtype=x.dtype))
+    weights = np.bincount(indices, minlength=len(centers)).astype(np.float64)
+    comm.allreduce_sum_(weights)
+    if weights.sum() <= 0:  # cannot happen with rows somewhere; kept for safety of the draw below
+        weights[:] = 1.0
+    chosen = _greedy_kmeanspp(centers, k, np.random.default_rng([root, _REDUCE_STREAM]), weights)
+    return centers[chosen]
+
+
+def _initialise(x, num_clusters, init, rng, root, comm, offset):
+    """Initial means (c, k, d) for a string ``init``."""
+    if init == "random":
+        return initial_means(x, num_clusters, rng, comm).astype(x.dtype, copy=False)
+    if init == "k-means++" and comm.size == 1:
+        reducer = np.random.default_rng([root, _REDUCE_STREAM])
+        return np.stack([part[_greedy_kmeanspp(part, num_clusters, reducer)] for part in x])
+    # k-means|| : the distributed form of k-means++ (also on request in one process)
+    return np.stack([_kmeans_parallel(part, num_clusters, root + h, comm, offset) for h, part in enumerate(x)])
+
+
+def _subsample(x, num_clusters, max_points_per_cluster, root, comm, offset, total):
+    """Keep each row with probability ``max_points_per_cluster * k / total`` (same rows for every set)."""
+    if max_points_per_cluster is None or total <= max_points_per_cluster * num_clusters:
+        return x
+    keep = _shared_uniforms(root, _SUBSAMPLE_STREAM, offset, x.shape[1]) < max_points_per_cluster * num_clusters / total
+    return np.ascontiguousarray(x[:, keep])
+
+
+def _objective(x, means, metric, comm):
+    """Sum of squared distances (euclidean) or of negative dot products (cosine), all-reduced."""
+    total = np.zeros(1)
+    for h in range(x.shape[0]):
+        n = x.shape[1]
+        best = np.empty(n, dtype=x.dtype)
+        assign(x[h], means[h], metric, np.empty(n, dtype=np.int64), best)
+        total += best.sum(dtype=np.float64)
+        if metric == "euclidean":
+            total += np.einsum("nd,nd->", x[h], x[h], dtype=np.float64)
+    comm.allreduce_sum_(total)
+    return float(total[0])
+
+
+def _lloyd(x, means, iters, metric, comm):
+    """``iters`` Lloyd steps from ``means``; returns ``(means, counts of the last assignment)``."""
+    counts = None
+    for _ in range(max(iters, 1)):
+        counts, sums = lloyd_statistics(x, means, metric, comm)
+        if iters == 0:
+            break
+        new_means = (sums / np.maximum(counts, 1)[..., None]).astype(x.dtype)
+        if metric == "cosine":
+            new_means = l2_normalize(new_means)
+        means = np.where((counts == 0)[..., None], means, new_means)
+    return means, counts
+
+
+def _check_init(init, n_init, c, num_clusters, d, x_dtype, squeeze):
+    """Return ``init`` as a name or as starting means (c, k, d)."""
+    if init is None:
+        return "random"
+    if isinstance(init, str):
+        if init not in INITS:
+            raise ValueError(f"init={init!r} is not supported; use one of {INITS} or an array of means")
+        return init
+    means = _validate.float_array("init", init, dtype=x_dtype)
+    means = means[None] if means.ndim == 2 else means
+    if means.shape != (c, num_clusters, d):
+        raise ValueError(
+            f"init has shape {means.shape[1:] if squeeze else means.shape}; expected "
+            f"{(num_clusters, d) if squeeze else (c, num_clusters, d)} for num_clusters={num_clusters}, d={d}"
+        )
+    if n_init > 1:
+        raise ValueError(f"n_init={n_init} restarts from the same given init would repeat one run; use n_init=1")
+    return means.copy()
+
+
+def kmeans(x, num_clusters, *, iters=10, metric="euclidean", init=None, seed=None, comm=None, n_init=1,
+           max_points_per_cluster=None):
+    """Lloyd's k-means, as the seed runs it to initialise codebooks, with k-means++ and restarts.
 
     Parameters
     ----------
@@ -63,20 +284,44 @@ def kmeans(x, num_clusters, *, iters=10, metric="euclidean", init=None, seed=Non
         Lloyd steps (assign, then move each mean to the centroid of its rows).
     metric : {"euclidean", "cosine"}
         Cosine assigns by largest dot product and re-normalises the means.
-    init : array_like of shape (num_clusters, n_features) or (n_codebooks, num_clusters, n_features), optional
-        Starting means.  By default ``num_clusters`` random rows (with
-        replacement, and a warning, only when there are fewer rows than clusters).
+    init : {"random", "k-means++", "k-means||"} or array_like, optional
+        ``None`` or ``"random"`` (the seed's behaviour): ``num_clusters``
+        random rows (with replacement, and a warning, only when there are
+        fewer rows than clusters).  ``"k-means++"``: greedy k-means++ as
+        scikit-learn seeds (``2 + log k`` candidates per centre, the one that
+        lowers the potential most); under a communicator with several ranks
+        it runs as ``"k-means||"`` (Bahmani et al., 2012: five rounds of
+        oversampling ``2k`` rows, reduced by weighted greedy k-means++), drawn
+        so that every rank gets the same means and one process asking for
+        ``"k-means||"`` on the concatenated shards gets them too.  An array of
+        shape (num_clusters, n_features) or (n_codebooks, num_clusters,
+        n_features) gives the starting means.
     seed : int, numpy.random.Generator or None
         Makes the random initialisation reproducible.
     comm : vqcore.comm.Communicator, optional
         Distributed run: counts and sums are all-reduced every step, so every
         rank ends with the same means, equal to serial k-means on all shards.
+    n_init : int
+        Runs from different random starts; the means with the lowest
+        objective (inertia for euclidean) are returned.
+    max_points_per_cluster : int, optional
+        Subsampling when ``n_samples >> num_clusters``: with more than
+        ``max_points_per_cluster * num_clusters`` rows (over all ranks), each
+        row is kept with probability ``max_points_per_cluster * num_clusters
+        / n_samples`` and k-means runs on the kept rows only.  ``None`` (the
+        default) uses every row.  256, faiss's choice, costs little: a
+        centroid's mean from 256 rows has a standard error of 1/16 of the
+        cluster's spread, far below the distance between centroids that
+        matter, and Lloyd then runs on ``256 k`` rows whatever ``n``.  The
+        residual and product quantizers use 256.  The kept rows are drawn per
+        global row index, so sharding does not change them.
 
     Returns
     -------
     means : ndarray of shape (num_clusters, n_features) or (n_codebooks, num_clusters, n_features)
     counts : ndarray of int64, shape (num_clusters,) or (n_codebooks, num_clusters)
-        Rows assigned to each mean in the last step (before its update).
+        Rows assigned to each mean in the last step (before its update),
+        counted over the subsample when subsampling.
 
     Notes
     -----
@@ -87,24 +332,21 @@ def kmeans(x, num_clusters, *, iters=10, metric="euclidean", init=None, seed=Non
     metric = _validate.metric(metric)
     num_clusters = _validate.positive_int("num_clusters", num_clusters)
     iters = _validate.positive_int("iters", iters, minimum=0)
+    n_init = _validate.positive_int("n_init", n_init)
+    if max_points_per_cluster is not None:
+        max_points_per_cluster = _validate.positive_int("max_points_per_cluster", max_points_per_cluster)
     x = _validate.float_array("x", x)
     squeeze = x.ndim == 2
     if squeeze:
         x = x[None]
     c, n, d = x.shape
+    init = _check_init(init, n_init, c, num_clusters, d, x.dtype, squeeze)
     if comm.size > 1:
-        check_same(comm, c=c, d=d, num_clusters=num_clusters, iters=iters, metric=metric, dtype=x.dtype.str)
-    if init is not None:
-        means = _validate.float_array("init", init, dtype=x.dtype)
-        means = means[None] if means.ndim == 2 else means
-        if means.shape != (c, num_clusters, d):
-            raise ValueError(
-                f"init has shape {means.shape[1:] if squeeze else means.shape}; expected "
-                f"{(num_clusters, d) if squeeze else (c, num_clusters, d)} for num_clusters={num_clusters}, d={d}"
-            )
-        means = means.copy()
-    else:
-        total = n if comm.size == 1 else int(sum(comm.allgather_object(n)))
+        check_same(comm, c=c, d=d, num_clusters=num_clusters, iters=iters, metric=metric, dtype=x.dtype.str,
+                   init=init if isinstance(init, str) else "array", n_init=n_init,
+                   max_points_per_cluster=max_points_per_cluster)
+    offset, total = _global_rows(n, comm)
+    if isinstance(init, str):
         if total == 0:
             raise ValueError("x has no rows to initialise k-means from; pass data or init=")
         if total < num_clusters:
@@ -114,16 +356,21 @@ def kmeans(x, num_clusters, *, iters=10, metric="euclidean", init=None, seed=Non
                 UserWarning,
                 stacklevel=2,
             )
-        means = initial_means(x, num_clusters, _validate.rng(seed), comm).astype(x.dtype, copy=False)
-    counts = None
-    for _ in range(max(iters, 1)):
-        counts, sums = lloyd_statistics(x, means, metric, comm)
-        if iters == 0:
-            break
-        new_means = (sums / np.maximum(counts, 1)[..., None]).astype(x.dtype)
-        if metric == "cosine":
-            new_means = l2_normalize(new_means)
-        means = np.where((counts == 0)[..., None], means, new_means)
+    rng = _validate.rng(seed)
+    # the seed's path (random init, all rows, one run) draws exactly what it always drew
+    needs_root = (isinstance(init, str) and init != "random") or (
+        max_points_per_cluster is not None and total > max_points_per_cluster * num_clusters)
+    best = None
+    for _ in range(n_init):
+        root = _shared_root(rng, comm) if needs_root else 0
+        xs = _subsample(x, num_clusters, max_points_per_cluster, root, comm, offset, total)
+        xs_offset = _global_rows(xs.shape[1], comm)[0] if xs is not x else offset
+        means = init if not isinstance(init, str) else _initialise(xs, num_clusters, init, rng, root, comm, xs_offset)
+        means, counts = _lloyd(xs, means.astype(x.dtype, copy=False), iters, metric, comm)
+        objective = _objective(xs, means, metric, comm) if n_init > 1 else 0.0
+        if best is None or objective < best[0]:
+            best = (objective, means, counts)
+    _, means, counts = best
     counts = counts.astype(np.int64)
     if squeeze:
         return means[0], counts[0]
