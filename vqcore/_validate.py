@@ -58,11 +58,16 @@ def raise_not_finite(name, arr):
     )
 
 
+def choice(name, value, allowed):
+    """Check that an option is one of ``allowed``."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name}={value!r} is not supported; use one of {allowed}")
+    return value
+
+
 def metric(value):
     """Check a metric name."""
-    if value not in METRICS:
-        raise ValueError(f"metric={value!r} is not supported; use one of {METRICS}")
-    return value
+    return choice("metric", value, METRICS)
 
 
 def positive_int(name, value, *, minimum=1):

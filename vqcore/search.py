@@ -1,12 +1,13 @@
-"""Exact nearest-code search and the seed's distance matrix."""
+"""Certified exact nearest-code search and the seed's distance matrix."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import _validate
 from ._config import num_threads, single_threaded_blas
-from .kernels.checks import all_finite
-from .kernels.search import assign_blocked, block_rows
+from .kernels.search import ROW_NOT_FINITE, block_rows, certified_assign
 
 __all__ = ["nearest", "distances"]
 
@@ -38,58 +39,179 @@ def _pair(x, codebook, check_x_finite=True):
     return x, codebook, squeeze
 
 
-_NO_SLABS = (np.zeros((0, 0, 0)), np.zeros((0, 0)))
+#: ``precision=`` choices of :func:`nearest`: the engine of the fast candidate scores.
+PRECISIONS = ("auto", "bf16", "fp32", "fp64")
+_UNIT_ROUNDOFF = {np.dtype(np.float32): 2.0 ** -24, np.dtype(np.float64): 2.0 ** -53}
+# Largest scaled value the working precision's GEMM takes: products and sums
+# over d stay far from overflow (codes are scaled to |c'| <= 1).
+_WORK_LIMIT = {np.dtype(np.float32): 2.0 ** 64, np.dtype(np.float64): 2.0 ** 500}
+_U64 = 2.0 ** -53
 
 
-def search_operands(codebook, metric):
-    """``(alpha * codebook.T, bias)`` for :func:`assign_blocked` (see kernels.search)."""
-    alpha = codebook.dtype.type(-2.0 if metric == "euclidean" else -1.0)
-    codes_t = np.ascontiguousarray((codebook * alpha).T)
-    if metric == "euclidean":
-        bias = np.einsum("kd,kd->k", codebook, codebook)
+def _gamma(n, u):
+    """Higham's ``gamma_n = n u / (1 - n u)``: bound on the relative error of an n-term dot product."""
+    if n * u >= 0.5:
+        raise ValueError(f"d={n} is too large for a certified search in this precision")
+    return n * u / (1 - n * u)
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """A codebook prepared once for certified search (see :func:`plan`).
+
+    Holds the codes as given, their centre and power-of-two scale, the
+    working-precision operands of the score GEMM and the coefficients of the
+    per-row error bound ``rel * |v| + quad + absolute * (1 + |v|)**2``, where
+    ``|v|`` is the norm of the row after centring and scaling.
+    """
+
+    codebook: np.ndarray
+    metric: str
+    mu: np.ndarray
+    scale: float
+    codes_t: np.ndarray
+    bias: np.ndarray
+    rel: float
+    quad: float
+    absolute: float
+    limit: float
+
+
+def plan(codebook, metric, work_dtype=None):
+    """Prepare one validated codebook ``(k, d)`` for :func:`assign`.
+
+    Parameters
+    ----------
+    codebook : ndarray of shape (n_codes, n_features), float32 or float64
+    metric : {"euclidean", "cosine"}
+    work_dtype : numpy float dtype, optional
+        Precision of the score GEMM; defaults to the codebook's dtype.
+
+    Notes
+    -----
+    The bound.  With unit roundoff ``u`` of the working precision, ``eps = u +
+    2**-53`` (rounding the centred, scaled values ``v`` and ``c'`` from float64),
+    ``gamma_d`` for the GEMM's accumulation over ``d`` terms and ``C`` the
+    largest ``|c'_j|``, every fast score ``bias_j - 2 v.c'_j`` differs from the
+    exact ``|c'_j|^2 - 2 v.c'_j`` by at most
+    ``(2u + 2 gamma_d + 4 eps) |v| C + (u + 3 eps + gamma64_d) C**2`` plus a
+    float64 margin ``4 gamma64_(d+2) (1 + C**2)(1 + |v|)**2`` (so every code the
+    float64 direct form could rank first is kept) and a term for subnormal
+    rounding; 1 % is added to cover second-order terms.  Cosine has no
+    ``C**2`` term.  A code can be nearest only if its score minus the bound
+    is below the best score plus the bound, so those are re-ranked exactly.
+    """
+    work = np.dtype(codebook.dtype if work_dtype is None else work_dtype)
+    k, d = codebook.shape
+    c64 = codebook.astype(np.float64)
+    cosine = metric == "cosine"
+    mu = np.zeros(d) if cosine else c64.mean(axis=0)
+    centred = c64 - mu
+    top = np.abs(centred).max() if centred.size else 0.0
+    scale = 1.0 if top == 0.0 else float(2.0 ** -np.ceil(np.log2(top)))
+    scaled = (centred * scale).astype(work)
+    s64 = scaled.astype(np.float64)
+    sq = np.einsum("kd,kd->k", s64, s64)
+    big_c = float(np.sqrt(sq.max())) * (1 + 2.0 ** -40)
+    u = _UNIT_ROUNDOFF[work]
+    eps = u + _U64
+    gamma, gamma64 = _gamma(d, u), _gamma(d + 2, _U64)
+    tiny = (d + 4) * (2.0 ** -140 if work == np.float32 else 2.0 ** -1000) * (1 + big_c) ** 2
+    margin = 1.01
+    if cosine:
+        codes_t = np.ascontiguousarray(-scaled.T)
+        bias = np.zeros(k, dtype=work)
+        rel = (u + 2 * gamma + 2 * eps + gamma64) * big_c * margin
+        quad = 0.0
+        absolute = tiny
     else:
-        bias = np.zeros(codebook.shape[0], dtype=codebook.dtype)
-    return codes_t, bias
+        codes_t = np.ascontiguousarray((-2 * scaled).T)  # times a power of two: exact
+        bias = sq.astype(work)
+        rel = (2 * u + 2 * gamma + 4 * eps) * big_c * margin
+        quad = (u + 3 * eps + gamma64) * big_c ** 2 * margin
+        absolute = 4 * gamma64 * (1 + big_c ** 2) * margin + tiny
+    return SearchPlan(codebook, metric, mu, scale, codes_t, bias, rel, quad, absolute, _WORK_LIMIT[work])
 
 
-def assign(x, codebook, metric, indices, best, sums=None, counts=None):
-    """Run the blocked assignment kernel on one validated 2-D set (fills the OUT arrays)."""
-    n, k = x.shape[0], codebook.shape[0]
+def work_dtype(dtype, precision):
+    """The working precision for input ``dtype`` under ``precision=``."""
+    precision = _validate.choice("precision", precision, PRECISIONS)
+    if precision == "fp64" or (precision == "auto" and dtype == np.float64):
+        return np.dtype(np.float64)
+    return np.dtype(np.float32)
+
+
+def assign(x, codebook, metric, indices, dist, sums=None, counts=None, *, precision="auto", candidates=None):
+    """Certified nearest codes of one validated 2-D set (fills the OUT arrays).
+
+    Parameters
+    ----------
+    x : ndarray (n, d)                       # IN
+    codebook : ndarray (k, d) or SearchPlan  # IN
+    metric : {"euclidean", "cosine"}
+    indices : ndarray (n,) int64             # OUT, negative for rows that cannot be ranked
+    dist : ndarray (n,) float64              # OUT squared distance (cosine: dot product) of the code
+    sums, counts : float64 (threads, k, d), (threads, k), zeroed, optional   # INOUT per-thread statistics
+    precision : str
+    candidates : ndarray (n,) int32, optional  # OUT codes re-ranked per row
+    """
+    n = x.shape[0]
     if n == 0:
         return
+    search_plan = codebook if isinstance(codebook, SearchPlan) else plan(codebook, metric,
+                                                                        work_dtype(x.dtype, precision))
+    k, d = search_plan.codebook.shape
     threads = num_threads()
-    if sums is None:
-        sums, counts = _NO_SLABS
-    codes_t, bias = search_operands(codebook, metric)
+    accumulate = sums is not None
+    if not accumulate:
+        sums, counts = np.zeros((1, 1, 1)), np.zeros((1, 1))
+    record = candidates is not None
+    if not record:
+        candidates = np.zeros(1, dtype=np.int32)
+    work = search_plan.codes_t.dtype
     with single_threaded_blas():
-        assign_blocked(x, codes_t, bias, block_rows(n, k, x.itemsize, threads), threads,
-                       indices, best, sums, counts)
+        certified_assign(
+            x, search_plan.codebook, search_plan.mu, search_plan.scale, search_plan.metric == "cosine",
+            search_plan.codes_t, search_plan.bias, search_plan.rel, search_plan.quad, search_plan.absolute,
+            search_plan.limit, block_rows(n, k, d, work.itemsize, threads), threads,
+            indices, dist, candidates, record, sums, counts, accumulate)
 
 
-def nearest_unchecked(x, codebook, metric):
-    """Blocked search for validated 3-D input ``x (c, n, d)``, ``codebook (c, k, d)``.
+def check_rows(x, indices):
+    """Raise for rows the search could not rank: NaN/Inf input, or float64 values beyond range."""
+    if indices.size and indices.min() < 0:
+        if (indices == ROW_NOT_FINITE).any():
+            raise ValueError("x contains NaN or Inf; remove or impute those values first")
+        raise ValueError(
+            f"x is too far from the codebook to rank exactly in float64 (max |value| {np.abs(x).max():.3g}); "
+            "rescale the data"
+        )
 
-    Returns ``(indices (c, n) int64, best (c, n))`` where ``best`` is the
-    kernel's minimum (see :func:`scores_from_best`).
+
+def nearest_unchecked(x, codebook, metric, precision="auto"):
+    """Certified search for validated 3-D input ``x (c, n, d)``, ``codebook (c, k, d)``.
+
+    Returns ``(indices (c, n) int64, dist (c, n) float64)``: the squared
+    distance (cosine: the dot product) of each chosen code, computed directly.
     """
     c, n, _ = x.shape
     indices = np.empty((c, n), dtype=np.int64)
-    best = np.empty((c, n), dtype=x.dtype)
+    dist = np.empty((c, n))
     for h in range(c):
-        assign(x[h], codebook[h], metric, indices[h], best[h])
-    return indices, best
+        assign(x[h], codebook[h], metric, indices[h], dist[h], precision=precision)
+    check_rows(x, indices)
+    return indices, dist
 
 
-def scores_from_best(x, best, metric):
-    """Turn the kernel's per-row minimum into the seed's negative distance."""
+def scores_from_dist(dist, metric, dtype):
+    """The seed's negative distance (cosine: the dot product) from :func:`nearest_unchecked`'s ``dist``."""
     if metric == "euclidean":
-        sq = best + np.einsum("cnd,cnd->cn", x, x)
-        return -np.sqrt(np.maximum(sq, 0, out=sq), out=sq)
-    return -best
+        return (-np.sqrt(dist)).astype(dtype)
+    return dist.astype(dtype)
 
 
-def nearest(x, codebook, *, metric="euclidean", return_distances=False):
-    """Index of the nearest code for every vector — exact, blocked, parallel.
+def nearest(x, codebook, *, metric="euclidean", return_distances=False, precision="auto"):
+    """Index of the nearest code for every vector: certified exact, blocked, parallel.
 
     Parameters
     ----------
@@ -101,27 +223,42 @@ def nearest(x, codebook, *, metric="euclidean", return_distances=False):
         ``"euclidean"`` picks the smallest squared L2 distance; ``"cosine"`` the
         largest dot product (inputs assumed l2-normalised, as in the seed).
     return_distances : bool
-        Also return the seed's *negative* distance of the chosen code:
-        ``-||x - c||`` for euclidean, ``x . c`` for cosine (higher = closer).
+        Also return the seed's *negative* distance of the chosen code,
+        ``-||x - c||`` for euclidean, ``x . c`` for cosine (higher = closer),
+        computed directly in float64 and rounded to ``x``'s dtype.
+    precision : {"auto", "bf16", "fp32", "fp64"}
+        Engine of the fast candidate scores; the answer is the same for all.
+        ``"auto"`` takes fp32 for float32 input and fp64 for float64.
 
     Returns
     -------
     indices : ndarray of int64, shape (n_samples,) or (n_codebooks, n_samples)
     distances : ndarray, same shape, only with ``return_distances=True``
 
+    Raises
+    ------
+    ValueError
+        ``x`` holds NaN/Inf, or float64 values so far from the codebook
+        (beyond about 1e150 times its spread) that their squares overflow.
+
     Notes
     -----
-    Memory beyond input and output is one distance block per thread, bounded
-    independently of ``n_samples``.  Ties go to the lowest index.
+    The guarantee: the returned index minimises ``sum((x - c)**2)`` evaluated
+    in float64 from the given values (for cosine, maximises ``sum(x * c)``),
+    and ties go to the lowest index.  For float32 input that is the true
+    distance to within ``(d + 2) * 2**-53`` relative.  Scores are computed
+    fast after shifting ``x`` and the codes by the codebook's mean (distances
+    do not change under translation) and scaling them by a power of two;
+    every score's rounding error is bounded rigorously (see :func:`plan`) and
+    all codes whose score could be the best are re-ranked in float64.
+    Memory beyond input and output is one block per thread, bounded
+    independently of ``n_samples``.
     """
     metric = _validate.metric(metric)
-    # NaN/Inf in x make that row's minimum non-finite: checking the n minima
-    # is far cheaper than scanning all n*d inputs first.
+    # NaN/Inf rows are flagged by the kernel: no separate pass over x.
     x, codebook, squeeze = _pair(x, codebook, check_x_finite=False)
-    indices, best = nearest_unchecked(x, codebook, metric)
-    if best.size and not all_finite(best.reshape(-1)):
-        _validate.raise_not_finite("x", x)
-    scores = scores_from_best(x, best, metric) if return_distances else None
+    indices, dist = nearest_unchecked(x, codebook, metric, precision)
+    scores = scores_from_dist(dist, metric, x.dtype) if return_distances else None
     if squeeze:
         indices = indices[0]
         scores = None if scores is None else scores[0]

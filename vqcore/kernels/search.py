@@ -1,27 +1,82 @@
-"""Blocked exact nearest-code search.
+"""Certified exact nearest-code search, blocked.
 
-For a block of rows, one GEMM writes ``x @ (alpha * c).T`` into a per-thread
-buffer; a fused pass adds the per-code bias and keeps the row minimum, so the
-full ``n x k`` matrix never exists.  Euclidean: ``alpha = -2``, ``bias = |c|^2``
-(``|x|^2`` does not change the argmin and is added only when asked for).
-Cosine: ``alpha = -1``, ``bias = 0`` (largest dot product = smallest negative).
+A block of rows is centred and scaled (``v = (x - mu) * scale``) into a
+per-thread buffer in the working precision, one GEMM writes
+``-2 v . c'`` into a score block, and a fused pass over each row
+
+1. finds the smallest score ``s_min`` (``bias + block``),
+2. counts the codes within ``2 * E`` of it, where ``E`` bounds every score's
+   rounding error for that row (see :func:`vqcore.search` for the bound),
+3. when more than one code is left, re-ranks them by the distance computed
+   directly in float64 from the given values, ties to the lowest index.
+
+Rows whose scaled values leave the working precision's safe range are
+searched by the float64 direct form over all codes, so no input is ever
+answered from an overflowed score.  The full ``n x k`` matrix never exists.
+
+Cosine uses the same pass without the shift (``mu = 0``), a per-row power-of-two
+scale and ``-v . c'`` as the score (largest dot product first).
 """
 import numpy as np
 from numba import prange
 
 from .._config import jit
 
-# Largest distance block per thread: big blocks amortise BLAS packing of the
-# codebook, and the block is read once right after the GEMM wrote it.
+# Largest score block per thread: big blocks amortise BLAS packing of the
+# codebook, and the block is read right after the GEMM wrote it.
 MAX_BLOCK_BYTES = 32 << 20
 MAX_BLOCK_ROWS = 1024
 
+#: ``indices`` marks a row with NaN/Inf input with this value.
+ROW_NOT_FINITE = -1
+#: ``indices`` marks a float64 row too far from the codebook to rank safely.
+ROW_OUT_OF_RANGE = -2
+#: Largest scaled value whose square, summed over any realistic d, stays finite in float64.
+DIRECT_LIMIT = 2.0 ** 500
 
-def block_rows(n, k, itemsize, nthreads):
+
+def block_rows(n, k, d, itemsize, nthreads):
     """Rows per block: as many as fit the byte budget, but enough blocks for every thread."""
-    rows = max(16, min(MAX_BLOCK_ROWS, MAX_BLOCK_BYTES // max(1, k * itemsize)))
+    rows = max(16, min(MAX_BLOCK_ROWS, MAX_BLOCK_BYTES // max(1, (k + d) * itemsize)))
     per_thread = -(-n // max(1, nthreads))
     return max(1, min(rows, per_thread))
+
+
+@jit(inline="always")
+def exact_score(x, r, codebook, j, scale, row_scale, cosine):
+    """The reference score of code ``j`` for row ``r``, in float64 from the given values.
+
+    Euclidean: ``sum(((x - c) * scale)**2)`` (the squared distance in scaled
+    units).  Cosine: ``-sum((x * row_scale) * (c * scale))`` (smaller = closer
+    in both cases).  Powers of two scale exactly, so the order is that of the
+    unscaled values, without overflow.
+    """
+    d = x.shape[1]
+    acc = 0.0
+    if cosine:
+        sx = row_scale
+        for f in range(d):
+            acc -= (np.float64(x[r, f]) * sx) * (np.float64(codebook[j, f]) * scale)
+    else:
+        for f in range(d):
+            t = (np.float64(x[r, f]) - np.float64(codebook[j, f])) * scale
+            acc += t * t
+    return acc
+
+
+@jit(inline="always")
+def rerank(x, r, codebook, first, stop, scores, bias, threshold, scale, row_scale, cosine):
+    """Lowest-index minimum of :func:`exact_score` over codes ``j`` in [first, stop) whose
+    fast score is within ``threshold`` (all of them when ``scores`` is empty)."""
+    best = np.inf
+    arg = -1
+    for j in range(first, stop):
+        if scores.shape[0] > 0 and np.float64(scores[j] + bias[j]) > threshold:
+            continue
+        v = exact_score(x, r, codebook, j, scale, row_scale, cosine)
+        if v < best:
+            best, arg = v, j
+    return arg, best
 
 
 @jit(inline="always")
@@ -29,11 +84,8 @@ def row_argmin(row, bias):
     """First index of the smallest ``row[j] + bias[j]``, and that value.
 
     Four independent running minima (codes ``j % 4``) break the dependency
-    chain of a single minimum, which halves the pass; a code replaces its
-    chain's best only when strictly smaller, and the chains are merged with
-    ties going to the lowest index, so the result is the first minimum.
-    NaN never compares smaller, so a row of NaN keeps ``inf``: callers detect
-    bad input from a non-finite minimum.
+    chain of a single minimum; the chains are merged with ties going to the
+    lowest index, so the result is the first minimum.
     """
     k = row.shape[0]
     inf = row.dtype.type(np.inf)
@@ -67,44 +119,140 @@ def row_argmin(row, bias):
     return arg, best
 
 
-@jit(parallel=True)
-def assign_blocked(x, codes_t, bias, rows, nthreads, indices, best, sums, counts):
-    """Argmin over codes of ``x @ codes_t + bias`` for every row of ``x``.
+@jit(inline="always")
+def count_within(row, bias, threshold):
+    """Codes whose fast score ``row[j] + bias[j]`` is at most ``threshold``."""
+    t = row.dtype.type(threshold)
+    count = 0
+    for j in range(row.shape[0]):
+        count += (row[j] + bias[j]) <= t
+    return count
 
-    With non-empty ``sums``/``counts`` it also accumulates, per thread, the
-    sum and number of rows assigned to each code (one Lloyd step's statistics,
-    fused into the same pass over the block).
+
+@jit(inline="always")
+def prepare_row(x, r, mu, scale, cosine, limit, out):
+    """Write row ``r`` centred and scaled into ``out`` (working precision).
+
+    Returns ``(norm, row_scale, status)``: the float64 norm of ``out``, the
+    row's scale (cosine: a power of two bringing its largest value near 1;
+    euclidean: ``scale``), and a status: 0 fine, 1 NaN/Inf, 2 beyond the
+    working precision's ``limit`` (answer by the direct form), 3 beyond what
+    the float64 direct form can square safely.
+    """
+    d = x.shape[1]
+    row_scale = scale
+    if cosine:
+        top = 0.0
+        for f in range(d):
+            a = abs(np.float64(x[r, f]))
+            if not a <= 1.7e308:  # NaN or Inf
+                return 0.0, 1.0, 1
+            top = max(top, a)
+        row_scale = 1.0 if top == 0.0 else 2.0 ** -np.ceil(np.log2(top))
+    sq = 0.0
+    status = 0
+    for f in range(d):
+        v = np.float64(x[r, f])
+        v = v * row_scale if cosine else (v - mu[f]) * row_scale
+        a = abs(v)
+        if not a <= limit:
+            if not a <= DIRECT_LIMIT:
+                return 0.0, row_scale, 1 if (v != v or a == np.inf) else 3
+            status = 2
+        w = out.dtype.type(v)
+        out[f] = w
+        sq += np.float64(w) * np.float64(w)
+    return np.sqrt(sq), row_scale, status
+
+
+@jit(inline="always")
+def finish_row(x, r, codebook, scores_row, bias, norm, row_scale, status, scale, cosine,
+               rel, quad, absolute, indices, dist, candidates, record):
+    """Select the certified nearest code of row ``r`` from its fast scores (fills the OUT arrays)."""
+    k = codebook.shape[0]
+    if status == 1 or status == 3:
+        indices[r] = ROW_NOT_FINITE if status == 1 else ROW_OUT_OF_RANGE
+        dist[r] = np.nan
+        return
+    if status == 2:
+        j, v = rerank(x, r, codebook, 0, k, scores_row[:0], bias, 0.0, scale, row_scale, cosine)
+        count = k
+    else:
+        j, m = row_argmin(scores_row, bias)
+        bound = rel * norm + quad + absolute * (1.0 + norm) * (1.0 + norm)
+        threshold = np.float64(m) + 2.0 * bound
+        # Round the threshold up past the working precision, so the comparison
+        # in that precision can only keep more codes, never fewer.
+        threshold = np.float64(scores_row.dtype.type(threshold + abs(threshold) * 2.0 ** -20 + 2.0 ** -140))
+        count = count_within(scores_row, bias, threshold)
+        if count > 1:
+            j, v = rerank(x, r, codebook, 0, k, scores_row, bias, threshold, scale, row_scale, cosine)
+        else:
+            v = exact_score(x, r, codebook, j, scale, row_scale, cosine)
+    indices[r] = j
+    # back to unscaled units: the squared distance, or the dot product for cosine
+    dist[r] = -v / (row_scale * scale) if cosine else v / (scale * scale)
+    if record:
+        candidates[r] = count
+
+
+@jit(inline="always")
+def add_row_stats(x, r, j, t, sums, counts):
+    """Add row ``r`` of ``x`` to code ``j``'s slot in thread ``t``'s slabs."""
+    counts[t, j] += 1.0
+    acc = sums[t, j]
+    for f in range(x.shape[1]):
+        acc[f] += x[r, f]
+
+
+@jit(parallel=True)
+def certified_assign(x, codebook, mu, scale, cosine, codes_t, bias, rel, quad, absolute, limit,
+                     rows, nthreads, indices, dist, candidates, record, sums, counts, accumulate):
+    """Certified nearest code of every row of ``x``, with BLAS scores in ``codes_t``'s precision.
 
     Parameters
     ----------
-    x : (n, d) float, C-contiguous                       # IN
-    codes_t : (d, k) float, C-contiguous, alpha * c.T    # IN
-    bias : (k,) float                                    # IN
-    rows, nthreads : int                                 # IN block rows, threads
-    indices : (n,) int64                                 # OUT
-    best : (n,) float                                    # OUT minimum value per row
-    sums : (nthreads, k, d) float64, zeroed, or (0, 0, 0)   # INOUT per-thread slabs
-    counts : (nthreads, k) float64, zeroed, or (0, 0)       # INOUT per-thread slabs
+    x : (n, d) float32/float64, C-contiguous                  # IN
+    codebook : (k, d), same dtype as x                         # IN the codes as given
+    mu : (d,) float64                                          # IN centre (zeros for cosine)
+    scale : float                                              # IN power of two (codes' scale)
+    cosine : bool                                              # IN metric
+    codes_t : (d, k) working float, ``-2 c'.T`` (``-c'.T`` cosine)   # IN
+    bias : (k,) working float, ``|c'|^2`` (zeros for cosine)   # IN
+    rel, quad, absolute : float                                # IN error bound ``rel*|v| + quad + absolute*(1+|v|)^2``
+    limit : float                                              # IN largest safe |scaled value|
+    rows, nthreads : int                                       # IN block rows, threads
+    indices : (n,) int64                                       # OUT code, or ROW_NOT_FINITE / ROW_OUT_OF_RANGE
+    dist : (n,) float64                                        # OUT squared distance (cosine: dot product) of that code
+    candidates : (n,) int32                                    # OUT codes re-ranked per row, if ``record``
+    record : bool                                              # IN
+    sums : (nthreads, k, d) float64, zeroed                    # INOUT per-thread sums, if ``accumulate``
+    counts : (nthreads, k) float64, zeroed                     # INOUT per-thread counts, if ``accumulate``
+    accumulate : bool                                          # IN
     """
     n, d = x.shape
-    k = codes_t.shape[1]
-    accumulate = sums.shape[0] > 0
+    k = codebook.shape[0]
     nblocks = (n + rows - 1) // rows
-    slabs = np.empty((nthreads, rows * k), dtype=x.dtype)
+    work = codes_t.dtype
+    vslabs = np.empty((nthreads, rows * d), dtype=work)
+    sslabs = np.empty((nthreads, rows * k), dtype=work)
     for t in prange(nthreads):
-        slab = slabs[t]
+        norms = np.empty(rows)
+        row_scales = np.empty(rows)
+        statuses = np.empty(rows, dtype=np.int8)
         for b in range(t, nblocks, nthreads):
             start = b * rows
-            stop = min(n, start + rows)
-            block = slab[: (stop - start) * k].reshape((stop - start, k))
-            np.dot(x[start:stop], codes_t, block)
-            for i in range(stop - start):
-                j, m = row_argmin(block[i], bias)
-                indices[start + i] = j
-                best[start + i] = m
-                if accumulate:
-                    counts[t, j] += 1.0
-                    row = x[start + i]
-                    acc = sums[t, j]
-                    for f in range(d):
-                        acc[f] += row[f]
+            m = min(n, start + rows) - start
+            vblock = vslabs[t][: m * d].reshape((m, d))
+            block = sslabs[t][: m * k].reshape((m, k))
+            for i in range(m):
+                norms[i], row_scales[i], statuses[i] = prepare_row(x, start + i, mu, scale, cosine, limit, vblock[i])
+                if statuses[i] != 0:
+                    vblock[i, :] = 0  # keep the GEMM finite; the row is answered directly
+            np.dot(vblock, codes_t, block)
+            for i in range(m):
+                r = start + i
+                finish_row(x, r, codebook, block[i], bias, norms[i], row_scales[i], statuses[i], scale,
+                           cosine, rel, quad, absolute, indices, dist, candidates, record)
+                if accumulate and indices[r] >= 0:
+                    add_row_stats(x, r, indices[r], t, sums, counts)
