@@ -42,7 +42,7 @@ def lloyd_statistics(x, means, metric, comm):
     # counts travel in the last column so one all-reduce carries both.
     stats = np.zeros((c, k, d + 1))
     indices = np.empty(n, dtype=np.int64)
-    best = np.empty(n, dtype=x.dtype)
+    best = np.empty(n)  # the search's float64 distance of each row's code
     for h in range(c):
         sums = np.zeros((threads, k, d))
         counts = np.zeros((threads, k))
@@ -208,7 +208,7 @@ def _kmeans_parallel(x, k, root, comm, offset):
             closest = np.minimum(closest, _min_sq_distance(x, x_sq, picked))
         centers = np.concatenate([centers, picked])
     indices = np.empty(n, dtype=np.int64)
-    assign(x, np.ascontiguousarray(centers), "euclidean", indices, np.empty(n, dtype=x.dtype))
+    assign(x, np.ascontiguousarray(centers), "euclidean", indices, np.empty(n))
     weights = np.bincount(indices, minlength=len(centers)).astype(np.float64)
     comm.allreduce_sum_(weights)
     if weights.sum() <= 0:  # cannot happen with rows somewhere; kept for safety of the draw below
@@ -241,11 +241,9 @@ def _objective(x, means, metric, comm):
     total = np.zeros(1)
     for h in range(x.shape[0]):
         n = x.shape[1]
-        best = np.empty(n, dtype=x.dtype)
-        assign(x[h], means[h], metric, np.empty(n, dtype=np.int64), best)
-        total += best.sum(dtype=np.float64)
-        if metric == "euclidean":
-            total += np.einsum("nd,nd->", x[h], x[h], dtype=np.float64)
+        dist = np.empty(n)  # squared distance, or dot product for cosine
+        assign(x[h], means[h], metric, np.empty(n, dtype=np.int64), dist)
+        total += dist.sum() if metric == "euclidean" else -dist.sum()
     comm.allreduce_sum_(total)
     return float(total[0])
 
