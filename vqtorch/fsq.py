@@ -1,0 +1,341 @@
+"""``FSQ``: finite scalar quantization, a drop-in for vector-quantize-pytorch 1.14.5's layer.
+
+Each feature is bounded with ``tanh`` into ``levels[i]`` steps and rounded, with a
+straight-through gradient (https://arxiv.org/abs/2309.15505). The bound, the rounding, the
+rescaling and the index are one fused step (:class:`_BoundRound`) instead of a dozen tensor
+operations, and the level constants are computed once per device instead of per call.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+__all__ = ["FSQ"]
+
+INDEX_LIMIT = 2 ** 31  # indices are int32, as in the seed
+
+
+# -- checks and layouts shared with LFQ -------------------------------------------------------------
+
+def check_positive_int(name, value):
+    """Raise unless ``value`` is an int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}.")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {name}={value}.")
+
+
+def check_num_codebooks(num_codebooks, keep_num_codebooks_dim):
+    """Resolve ``keep_num_codebooks_dim`` (default ``num_codebooks > 1``); it must be kept for several."""
+    if keep_num_codebooks_dim is None:
+        return num_codebooks > 1
+    if num_codebooks > 1 and not keep_num_codebooks_dim:
+        raise ValueError(f"keep_num_codebooks_dim=False does not fit num_codebooks={num_codebooks}: indices "
+                         "of several codebooks need their own axis; leave keep_num_codebooks_dim=None.")
+    return bool(keep_num_codebooks_dim)
+
+
+def check_indices(indices, codebook_size):
+    """Raise unless ``indices`` is an integer tensor with values in ``[0, codebook_size)``."""
+    if not isinstance(indices, torch.Tensor) or indices.dtype.is_floating_point or indices.dtype == torch.bool \
+            or indices.dtype.is_complex:
+        raise TypeError(f"indices must be an integer tensor, got {getattr(indices, 'dtype', type(indices))}.")
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= codebook_size):
+        raise ValueError(f"indices must lie in [0, {codebook_size}), got values in "
+                         f"[{int(indices.min())}, {int(indices.max())}].")
+
+
+def channel_last_tokens(z, dim):
+    """``(b, n, dim)`` stays; channel-first ``(b, dim, ...)`` becomes ``(b, prod(...), dim)``.
+
+    Returns the tokens and the spatial shape (None for sequences) for :func:`restore_layout`.
+    """
+    if not isinstance(z, torch.Tensor) or not z.dtype.is_floating_point:
+        raise TypeError(f"input must be a floating point tensor, got {getattr(z, 'dtype', type(z))}.")
+    if z.ndim < 3:
+        raise ValueError(f"input must be (batch, seq, {dim}) or channel-first (batch, {dim}, ...), "
+                         f"got shape {tuple(z.shape)}.")
+    spatial = None
+    if z.ndim >= 4:
+        spatial = tuple(z.shape[2:])
+        z = z.flatten(2).transpose(1, 2)
+    if z.shape[-1] != dim:
+        axis = 1 if spatial is not None else -1
+        raise ValueError(f"input has {z.shape[-1]} features on axis {axis} (shape {tuple(z.shape)}), "
+                         f"expected dim={dim}.")
+    return z, spatial
+
+
+def split_codebooks(z, num_codebooks):
+    """(b, n, c*d) -> (b, n, c, d)."""
+    return z.unflatten(-1, (num_codebooks, -1))
+
+
+def restore_layout(out, indices, spatial):
+    """Undo :func:`channel_last_tokens` on the output (b, n, d) and indices (b, n, c)."""
+    if spatial is None:
+        return out, indices
+    b = out.shape[0]
+    out = out.reshape(b, *spatial, out.shape[-1]).movedim(-1, 1)
+    return out, indices.reshape(b, *spatial, indices.shape[-1])
+
+
+def no_cuda_autocast():
+    """The seed's ``@autocast(enabled=False)``: CUDA autocast off (CPU autocast untouched)."""
+    if torch.cuda.is_available():
+        return torch.autocast("cuda", enabled=False)
+    return contextlib.nullcontext()
+
+
+def check_levels(levels):
+    """Validate FSQ ``levels`` and return them as a list of ints.
+
+    Raises
+    ------
+    TypeError
+        ``levels`` is not a sequence of integers.
+    ValueError
+        ``levels`` is empty, has a level below 2, or a codebook too large for int32 indices.
+    """
+    if isinstance(levels, torch.Tensor):
+        levels = levels.tolist()
+    if not isinstance(levels, (list, tuple)):
+        raise TypeError(f"levels must be a list of ints, got {type(levels).__name__}; e.g. levels=[8, 5, 5, 5].")
+    if not levels:
+        raise ValueError("levels is empty; give at least one level, e.g. levels=[8, 5, 5, 5].")
+    for level in levels:
+        if isinstance(level, bool) or not isinstance(level, int):
+            raise TypeError(f"levels must hold ints, got {level!r} in levels={list(levels)}.")
+    if min(levels) < 2:
+        raise ValueError(f"every level must be >= 2, got levels={list(levels)}; a level of 1 holds no information.")
+    size = 1
+    for level in levels:
+        size *= level
+    if size > INDEX_LIMIT:
+        raise ValueError(f"levels={list(levels)} give a codebook of {size} codes, more than int32 indices "
+                         f"hold ({INDEX_LIMIT}); use fewer or smaller levels.")
+    return list(levels)
+
+
+class _LevelConstants:
+    """The float32 constants of the bound, derived from the integer levels once per device.
+
+    The seed derives them from its int32 ``_levels`` on every call, in float32 whatever the
+    input dtype; keeping them out of the module's buffers keeps ``.half()``/``.double()``
+    from changing them.
+    """
+
+    def __init__(self, levels, eps=1e-3):
+        levels = torch.tensor(levels, dtype=torch.int32)
+        self.half_l = (levels - 1) * (1 + eps) / 2
+        self.offset = torch.where(levels % 2 == 0, 0.5, 0.0)
+        self.shift = (self.offset / self.half_l).atanh()
+        self.half_width = levels // 2
+        basis = torch.cumprod(torch.tensor([1] + list(levels[:-1].tolist())), dim=0)
+        self.basis = basis.double()
+        self.index_base = float((self.half_width * basis).sum())
+        # float32 dot products of integer levels with the basis are exact below 2**24
+        self.exact_in_float32 = int(levels.prod()) <= 2 ** 24
+        self._on = {}
+
+    def on(self, device):
+        """``(shift, half_l, offset, half_width)`` on ``device``."""
+        key = str(device)
+        if key not in self._on:
+            self._on[key] = tuple(t.to(device) for t in (self.shift, self.half_l, self.offset, self.half_width))
+        return self._on[key]
+
+    def basis_on(self, dtype, device):
+        """The index basis as a (codebook_dim,) vector of ``dtype`` on ``device``."""
+        key = (str(device), dtype)
+        if key not in self._on:
+            self._on[key] = self.basis.to(device=device, dtype=dtype)
+        return self._on[key]
+
+
+class _BoundRound(torch.autograd.Function):
+    """``round(tanh(z + shift) * half_l - offset) / half_width`` with the straight-through gradient.
+
+    Returns the normalised codes (differentiable) and the rounded integer levels
+    ``r`` in ``[-half_width, half_width]`` (not differentiable). The backward applies
+    the seed's chain ``((g / half_width) * half_l) * (1 - t**2)`` in the same order.
+    """
+
+    @staticmethod
+    def forward(ctx, z, shift, half_l, offset, half_width):
+        t = torch.tanh(z + shift)  # promotes to float32 at least, as the seed's bound does
+        rounded = torch.mul(t, half_l).sub_(offset).round_()
+        codes = rounded / half_width
+        ctx.save_for_backward(t, half_l, half_width)
+        ctx.z_dtype = z.dtype
+        ctx.mark_non_differentiable(rounded)
+        return codes, rounded
+
+    @staticmethod
+    def backward(ctx, grad_codes, grad_rounded):
+        t, half_l, half_width = ctx.saved_tensors
+        grad = (grad_codes / half_width).mul_(half_l)
+        grad = torch.ops.aten.tanh_backward(grad, t)  # the seed's tanh gradient, bit for bit
+        return grad.to(ctx.z_dtype), None, None, None, None
+
+
+class FSQ(nn.Module):
+    """Finite scalar quantization with the seed's arguments, outputs and ``state_dict`` keys.
+
+    Parameters
+    ----------
+    levels : list of int
+        Number of levels of each codebook dimension (each >= 2); the codebook has
+        ``prod(levels)`` codes.
+    dim : int, optional
+        Input feature size; defaults to ``len(levels) * num_codebooks``. Otherwise linear
+        projections ``project_in``/``project_out`` map to and from the codebook dims.
+    num_codebooks : int
+        Codebooks quantizing consecutive slices of the projected features.
+    keep_num_codebooks_dim : bool, optional
+        Keep a codebook axis in the indices; defaults to ``num_codebooks > 1`` (required then).
+    scale : float, optional
+        Stored, unused (as in the seed).
+    allowed_dtypes : tuple of torch.dtype
+        Input dtypes kept as they are; other inputs are cast to float32 and the output back.
+
+    Notes
+    -----
+    ``forward(z)`` takes ``(b, n, dim)`` or channel-first images/videos ``(b, dim, ...)`` and
+    returns ``(out, indices)``; ``indices`` are int32 of shape ``(b, n)`` (or ``(b, ...)``),
+    with a trailing codebook axis when ``keep_num_codebooks_dim``.
+    The index is rounded before the int32 cast: the seed truncates, which drops a step for
+    some levels >= 26 (fixed upstream later); for smaller levels both agree.
+    """
+
+    def __init__(self, levels, dim=None, num_codebooks=1, keep_num_codebooks_dim=None, scale=None,
+                 allowed_dtypes=(torch.float32, torch.float64)):
+        super().__init__()
+        levels = check_levels(levels)
+        check_positive_int("num_codebooks", num_codebooks)
+        if dim is not None:
+            check_positive_int("dim", dim)
+        keep_num_codebooks_dim = check_num_codebooks(num_codebooks, keep_num_codebooks_dim)
+
+        self.register_buffer("_levels", torch.tensor(levels, dtype=torch.int32), persistent=False)
+        basis = torch.cumprod(torch.tensor([1] + levels[:-1]), dim=0, dtype=torch.int32)
+        self.register_buffer("_basis", basis, persistent=False)
+        self._constants = _LevelConstants(levels)
+        self.levels = levels
+        self.scale = scale
+        self.codebook_dim = len(levels)
+        self.num_codebooks = num_codebooks
+        self.effective_codebook_dim = self.codebook_dim * num_codebooks
+        self.keep_num_codebooks_dim = keep_num_codebooks_dim
+        self.dim = dim if dim is not None else self.effective_codebook_dim
+
+        self.has_projections = self.dim != self.effective_codebook_dim
+        self.project_in = nn.Linear(self.dim, self.effective_codebook_dim) if self.has_projections else nn.Identity()
+        self.project_out = nn.Linear(self.effective_codebook_dim, self.dim) if self.has_projections else nn.Identity()
+
+        self.codebook_size = int(self._levels.prod().item())
+        # Through indices_to_codes as in the seed, whose 1-d path flattens the codes when
+        # keep_num_codebooks_dim (shape (codebook_size * codebook_dim,) then).
+        implicit = self.indices_to_codes(torch.arange(self.codebook_size), project_out=False)
+        self.register_buffer("implicit_codebook", implicit, persistent=False)
+        self.allowed_dtypes = allowed_dtypes
+
+    # -- the seed's helper methods ---------------------------------------------------------------
+
+    def bound(self, z, eps=1e-3):
+        """Bound ``z`` of shape (..., codebook_dim) into the open level range (seed formula)."""
+        half_l = (self._levels - 1) * (1 + eps) / 2
+        offset = torch.where(self._levels % 2 == 0, 0.5, 0.0)
+        shift = (offset / half_l).atanh()
+        return (z + shift).tanh() * half_l - offset
+
+    def quantize(self, z):
+        """Quantize ``z`` of shape (..., codebook_dim) to normalised codes in [-1, 1], straight-through."""
+        shift, half_l, offset, half_width = self._constants.on(z.device)
+        codes, _ = _BoundRound.apply(z, shift, half_l, offset, half_width)
+        return codes
+
+    def codes_to_indices(self, zhat):
+        """Indices (int32, shape ``zhat.shape[:-1]``) of normalised codes ``zhat`` (..., codebook_dim)."""
+        if zhat.shape[-1] != self.codebook_dim:
+            raise ValueError(f"codes have {zhat.shape[-1]} features, expected codebook_dim={self.codebook_dim}.")
+        half_width = self._levels // 2
+        shifted = zhat * half_width + half_width
+        return (shifted * self._basis).sum(dim=-1).round().to(torch.int32)
+
+    def _indices_from_rounded(self, rounded):
+        """Indices from the integer levels in [-half_width, half_width]: one exact dot product per code."""
+        constants = self._constants
+        if rounded.dtype != torch.float64 and not constants.exact_in_float32:
+            rounded = rounded.double()
+        flat = rounded.reshape(-1, self.codebook_dim) @ constants.basis_on(rounded.dtype, rounded.device)
+        return flat.add_(constants.index_base).to(torch.int32).reshape(rounded.shape[:-1])
+
+    def _codes_from_indices(self, indices):
+        """(...,) indices -> (..., codebook_dim) normalised codes, float32."""
+        digits = (indices.unsqueeze(-1) // self._basis) % self._levels
+        half_width = self._levels // 2
+        return (digits - half_width) / half_width
+
+    def indices_to_codes(self, indices, project_out=True):
+        """Codes of ``indices``, the inverse of :meth:`codes_to_indices`.
+
+        Parameters
+        ----------
+        indices : Tensor of int
+            ``(b, n)`` or ``(b, ...)`` (with a trailing codebook axis when
+            ``keep_num_codebooks_dim``), values in ``[0, codebook_size)``.
+        project_out : bool
+            Apply ``project_out`` (back to ``dim`` features).
+
+        Returns
+        -------
+        Tensor
+            ``(b, n, d)``; image/video indices give channel-first ``(b, d, ...)``.
+        """
+        check_indices(indices, self.codebook_size)
+        is_img_or_video = indices.ndim >= 3 + int(self.keep_num_codebooks_dim)
+        codes = self._codes_from_indices(indices)
+        if self.keep_num_codebooks_dim:
+            codes = codes.flatten(-2)
+        if project_out:
+            codes = self.project_out(codes)
+        if is_img_or_video:
+            codes = codes.movedim(-1, 1)
+        return codes
+
+    # -- forward ---------------------------------------------------------------------------------
+
+    def forward(self, z):
+        """Quantize ``z``; returns ``(out, indices)`` (see the class notes)."""
+        if not isinstance(z, torch.Tensor):
+            raise TypeError(f"input must be a tensor, got {type(z).__name__}.")
+        orig_dtype = z.dtype
+        if orig_dtype not in self.allowed_dtypes:
+            z = z.float()
+        with no_cuda_autocast():
+            z, layout = channel_last_tokens(z, self.dim)
+            z = split_codebooks(self.project_in(z), self.num_codebooks)
+            shift, half_l, offset, half_width = self._constants.on(z.device)
+            codes, rounded = _BoundRound.apply(z, shift, half_l, offset, half_width)
+            indices = self._indices_from_rounded(rounded)
+            out = self.project_out(codes.flatten(-2))
+        out, indices = restore_layout(out, indices, layout)
+        if not self.keep_num_codebooks_dim:
+            indices = indices.squeeze(-1)
+        if out.dtype != orig_dtype:
+            out = out.to(orig_dtype)
+        return out, indices
+
+    def to_vqcore(self):
+        """A ``vqcore.fsq.FSQ`` with these levels and projections, for numpy-only encode/decode."""
+        from vqcore.fsq import FSQ as NumpyFSQ
+
+        quantizer = NumpyFSQ(self.levels, dim=self.dim, num_codebooks=self.num_codebooks,
+                             keep_num_codebooks_dim=self.keep_num_codebooks_dim)
+        return quantizer.load_state_dict(self.state_dict())
+
+    def extra_repr(self):
+        return f"levels={self.levels}, dim={self.dim}, num_codebooks={self.num_codebooks}"
