@@ -150,7 +150,7 @@ def assign(x, codebook, metric, indices, dist, sums=None, counts=None, *, precis
     codebook : ndarray (k, d) or SearchPlan  # IN
     metric : {"euclidean", "cosine"}
     indices : ndarray (n,) int64             # OUT, negative for rows that cannot be ranked
-    dist : ndarray (n,) float64              # OUT squared distance (cosine: dot product) of the code
+    dist : ndarray (n,) float64              # OUT distance (cosine: dot product) of the code
     sums, counts : float64 (threads, k, d), (threads, k), zeroed, optional   # INOUT per-thread statistics
     precision : str
     candidates : ndarray (n,) int32, optional  # OUT codes re-ranked per row
@@ -191,7 +191,7 @@ def check_rows(x, indices):
 def nearest_unchecked(x, codebook, metric, precision="auto"):
     """Certified search for validated 3-D input ``x (c, n, d)``, ``codebook (c, k, d)``.
 
-    Returns ``(indices (c, n) int64, dist (c, n) float64)``: the squared
+    Returns ``(indices (c, n) int64, dist (c, n) float64)``: the euclidean
     distance (cosine: the dot product) of each chosen code, computed directly.
     """
     c, n, _ = x.shape
@@ -205,9 +205,7 @@ def nearest_unchecked(x, codebook, metric, precision="auto"):
 
 def scores_from_dist(dist, metric, dtype):
     """The seed's negative distance (cosine: the dot product) from :func:`nearest_unchecked`'s ``dist``."""
-    if metric == "euclidean":
-        return (-np.sqrt(dist)).astype(dtype)
-    return dist.astype(dtype)
+    return (-dist if metric == "euclidean" else dist).astype(dtype)
 
 
 def nearest(x, codebook, *, metric="euclidean", return_distances=False, precision="auto"):
@@ -244,8 +242,9 @@ def nearest(x, codebook, *, metric="euclidean", return_distances=False, precisio
     Notes
     -----
     The guarantee: the returned index minimises ``sum((x - c)**2)`` evaluated
-    in float64 from the given values (for cosine, maximises ``sum(x * c)``),
-    and ties go to the lowest index.  For float32 input that is the true
+    in float64 from the given values, after scaling them by a common power of
+    two so that no square underflows or overflows (for cosine, maximises
+    ``sum(x * c)``), and ties go to the lowest index.  For float32 input that is the true
     distance to within ``(d + 2) * 2**-53`` relative.  Scores are computed
     fast after shifting ``x`` and the codes by the codebook's mean (distances
     do not change under translation) and scaling them by a power of two;

@@ -190,8 +190,8 @@ def finish_row(x, r, codebook, scores_row, bias, norm, row_scale, status, scale,
         else:
             v = exact_score(x, r, codebook, j, scale, row_scale, cosine)
     indices[r] = j
-    # back to unscaled units: the squared distance, or the dot product for cosine
-    dist[r] = -v / (row_scale * scale) if cosine else v / (scale * scale)
+    # back to unscaled units: the distance (its square could underflow), or the dot product for cosine
+    dist[r] = -v / (row_scale * scale) if cosine else np.sqrt(v) / scale
     if record:
         candidates[r] = count
 
@@ -223,7 +223,7 @@ def certified_assign(x, codebook, mu, scale, cosine, codes_t, bias, rel, quad, a
     limit : float                                              # IN largest safe |scaled value|
     rows, nthreads : int                                       # IN block rows, threads
     indices : (n,) int64                                       # OUT code, or ROW_NOT_FINITE / ROW_OUT_OF_RANGE
-    dist : (n,) float64                                        # OUT squared distance (cosine: dot product) of that code
+    dist : (n,) float64                                        # OUT distance (cosine: dot product) of that code
     candidates : (n,) int32                                    # OUT codes re-ranked per row, if ``record``
     record : bool                                              # IN
     sums : (nthreads, k, d) float64, zeroed                    # INOUT per-thread sums, if ``accumulate``

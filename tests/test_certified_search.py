@@ -1,0 +1,224 @@
+"""Certified exact search (issue 10): adversarial data against a float64 brute force, and the bound itself."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import vqcore
+from vqcore.search import PRECISIONS, assign, plan, work_dtype
+
+from . import naive
+
+ENGINES = [p for p in PRECISIONS if p != "bf16"] + ["bf16"]
+
+
+def power_of_two_scale(*arrays):
+    """A power of two bringing the largest magnitude near 1 (exact scaling: float64 squares neither
+    underflow nor overflow)."""
+    top = max(np.abs(a.astype(np.float64)).max() for a in arrays)
+    return 2.0 ** -np.ceil(np.log2(top)) if top > 0 else 1.0
+
+
+def brute_force(x, codebook, metric="euclidean"):
+    """First minimiser of the float64 distance (largest dot product for cosine)."""
+    s = power_of_two_scale(x, codebook)
+    return naive.nearest(x.astype(np.float64) * s, codebook.astype(np.float64) * s, metric)
+
+
+def assert_exact(x, codebook, metric="euclidean", precision="auto"):
+    got, scores = vqcore.nearest(x, codebook, metric=metric, precision=precision, return_distances=True)
+    want = brute_force(x, codebook, metric)
+    wrong = np.flatnonzero(got != want)
+    assert wrong.size == 0, f"{wrong.size} rows wrong, e.g. row {wrong[0]}: got {got[wrong[0]]}, want {want[wrong[0]]}"
+    s = power_of_two_scale(x, codebook)
+    scaled = naive.neg_distances(x.astype(np.float64) * s, codebook.astype(np.float64) * s, metric)
+    exact = scaled[np.arange(len(x)), want] / (s * s if metric == "cosine" else s)
+    np.testing.assert_allclose(scores.astype(np.float64), exact, rtol=1e-6 if x.dtype == np.float32 else 1e-12,
+                               atol=0)
+
+
+def gaussian(n, k, d, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, d)).astype(dtype), rng.standard_normal((k, d)).astype(dtype)
+
+
+@pytest.mark.parametrize("precision", ENGINES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("offset", [0.0, 300.0, 1e4])
+def test_uncentred_data_is_answered_exactly(precision, dtype, offset):
+    x, codebook = gaussian(3000, 200, 24, dtype)
+    assert_exact((x + offset).astype(dtype), (codebook + offset).astype(dtype), precision=precision)
+
+
+@pytest.mark.parametrize("precision", ENGINES)
+def test_small_spread_far_from_origin(precision):
+    # The issue's case: offset 10, spread 0.01 — the naive formula returned -0.0 distances.
+    x, codebook = gaussian(2000, 64, 16, np.float32, seed=3)
+    x, codebook = (10 + 0.01 * x).astype(np.float32), (10 + 0.01 * codebook).astype(np.float32)
+    assert_exact(x, codebook, precision=precision)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scale", [1e-30, 1e-25, 1e-10, 1.0, 1e10, 1e30])
+def test_every_scale(dtype, scale):
+    x, codebook = gaussian(1500, 50, 12, np.float64, seed=4)
+    assert_exact((x * scale).astype(dtype), (codebook * scale).astype(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float64])
+@pytest.mark.parametrize("scale", [1e-300, 1e150])
+def test_float64_extremes(dtype, scale):
+    x, codebook = gaussian(300, 20, 5, np.float64, seed=5)
+    assert_exact(x * scale, codebook * scale)
+
+
+@pytest.mark.parametrize("precision", ENGINES)
+def test_near_duplicate_codes(precision):
+    rng = np.random.default_rng(6)
+    base = rng.standard_normal((100, 32)).astype(np.float32)
+    codebook = np.concatenate([base, base + np.float32(1e-6) * rng.standard_normal(base.shape).astype(np.float32)])
+    x = (base[rng.integers(0, 100, 4000)] + 0.01 * rng.standard_normal((4000, 32))).astype(np.float32)
+    assert_exact(x, codebook, precision=precision)
+
+
+@pytest.mark.parametrize("precision", ENGINES)
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_exact_duplicates_go_to_the_lowest_index(precision, metric):
+    rng = np.random.default_rng(7)
+    base = rng.standard_normal((40, 16)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    codebook = np.concatenate([base, base, base])  # every code three times
+    x = base[rng.integers(0, 40, 2000)] + 0.05 * rng.standard_normal((2000, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    got = vqcore.nearest(x, codebook, metric=metric, precision=precision)
+    assert got.max() < 40
+    assert_exact(x, codebook, metric=metric, precision=precision)
+
+
+@pytest.mark.parametrize("precision", ENGINES)
+def test_codes_equal_to_inputs(precision):
+    x, _ = gaussian(500, 1, 8, np.float32, seed=8)
+    got, scores = vqcore.nearest(x, x, precision=precision, return_distances=True)
+    np.testing.assert_array_equal(got, np.arange(500))
+    np.testing.assert_array_equal(scores, 0)
+
+
+@pytest.mark.parametrize("precision", ENGINES)
+def test_one_dimension_and_one_code(precision):
+    x, codebook = gaussian(700, 30, 1, np.float32, seed=9)
+    assert_exact(x, codebook, precision=precision)
+    np.testing.assert_array_equal(vqcore.nearest(x, codebook[:1], precision=precision), 0)
+
+
+@pytest.mark.parametrize("precision", ENGINES)
+def test_cosine_on_unit_vectors(precision):
+    x, codebook = gaussian(3000, 300, 20, np.float32, seed=10)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    codebook /= np.linalg.norm(codebook, axis=1, keepdims=True)
+    assert_exact(x, codebook, metric="cosine", precision=precision)
+
+
+def test_non_contiguous_and_batched_input():
+    x, codebook = gaussian(4000, 64, 40, np.float64, seed=11)
+    xs = (x[::2, ::2] + 50).astype(np.float32)
+    cs = np.asfortranarray((codebook[:, ::2] + 50).astype(np.float32))
+    assert_exact(xs, cs)
+    batched = vqcore.nearest(np.stack([xs, xs[::-1]]), np.stack([cs, cs[::-1]]))
+    np.testing.assert_array_equal(batched[0], brute_force(xs, cs))
+    np.testing.assert_array_equal(batched[1], brute_force(xs[::-1], cs[::-1]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 40), k=st.integers(1, 30), d=st.integers(1, 12),
+    log_scale=st.integers(-30, 30), offset=st.sampled_from([0.0, 1.0, 1e3, 1e4]),
+    duplicates=st.booleans(), seed=st.integers(0, 2 ** 16), precision=st.sampled_from(ENGINES),
+)
+def test_property_exact_on_random_adversarial_sets(n, k, d, log_scale, offset, duplicates, seed, precision):
+    rng = np.random.default_rng(seed)
+    codebook = rng.standard_normal((k, d))
+    if duplicates and k > 1:
+        codebook[k // 2:] = codebook[: k - k // 2]
+    x = np.concatenate([codebook[rng.integers(0, k, n // 2)], rng.standard_normal((n - n // 2, d))])
+    scale = 10.0 ** log_scale
+    assert_exact(((x + offset) * scale).astype(np.float32), ((codebook + offset) * scale).astype(np.float32),
+                 precision=precision)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("offset", [0.0, 1e3])
+def test_fp32_score_error_never_exceeds_the_bound(metric, offset):
+    """The fast scores (as the kernel forms them) are within the documented bound of the exact ones."""
+    rng = np.random.default_rng(12)
+    d = 96
+    codebook = (offset + rng.standard_normal((64, d)) * rng.uniform(0.01, 10, (64, 1))).astype(np.float32)
+    x = (offset + rng.standard_normal((500, d)) * 3).astype(np.float32)
+    x[:20] = codebook[:20]  # zero distances
+    if metric == "cosine":
+        codebook /= np.linalg.norm(codebook, axis=1, keepdims=True)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    p = plan(codebook, metric, np.float32)
+    x64 = x.astype(np.longdouble)
+    if metric == "cosine":
+        row_scale = 2.0 ** -np.ceil(np.log2(np.abs(x.astype(np.float64)).max(axis=1, keepdims=True)))
+        v_exact = x64 * row_scale
+    else:
+        v_exact = (x64 - p.mu) * p.scale
+    v = v_exact.astype(np.float64).astype(np.float32)
+    fast = (v @ p.codes_t + p.bias).astype(np.float64)
+    c_exact = (codebook.astype(np.longdouble) - p.mu) * p.scale
+    cross = v_exact @ c_exact.T
+    exact = -cross if metric == "cosine" else (c_exact ** 2).sum(axis=1) - 2 * cross
+    norm = np.linalg.norm(v.astype(np.float64), axis=1, keepdims=True)
+    bound = p.rel * norm + p.quad + p.absolute * (1 + norm) ** 2
+    error = np.abs(fast - exact.astype(np.float64))
+    assert (error <= bound).all(), (error / bound).max()
+    assert (error / bound).max() > 1e-4  # the bound is not vacuous
+
+
+def test_forced_precisions_agree_and_bad_precision_is_refused():
+    x, codebook = gaussian(2000, 100, 30, np.float32, seed=13)
+    answers = [vqcore.nearest(x + 100, codebook + 100, precision=p) for p in ENGINES]
+    for other in answers[1:]:
+        np.testing.assert_array_equal(other, answers[0])
+    assert work_dtype(np.dtype(np.float32), "fp64") == np.float64
+    with pytest.raises(ValueError, match="precision='fp16'"):
+        vqcore.nearest(x, codebook, precision="fp16")
+
+
+def test_candidates_stay_few_on_gaussian_data():
+    x, codebook = gaussian(4000, 256, 64, np.float32, seed=14)
+    indices, dist = np.empty(4000, np.int64), np.empty(4000)
+    candidates = np.zeros(4000, np.int32)
+    assign(x, codebook, "euclidean", indices, dist, candidates=candidates)
+    assert candidates.min() >= 1 and candidates.mean() < 1.5
+
+
+def test_nan_and_inf_rows_are_refused():
+    x, codebook = gaussian(100, 10, 4, np.float32, seed=15)
+    for bad in (np.nan, np.inf):
+        y = x.copy()
+        y[37, 2] = bad
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            vqcore.nearest(y, codebook)
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            vqcore.nearest(y / np.float32(10), codebook, metric="cosine")
+
+
+def test_kmeans_on_huge_values_uses_every_cluster():
+    # The issue's case: kmeans(x * 1e20, 3) put every row in one cluster.
+    rng = np.random.default_rng(16)
+    centres = np.array([[0, 0], [10, 0], [0, 10]], dtype=np.float64)
+    x = (centres[rng.integers(0, 3, 300)] + rng.standard_normal((300, 2))).astype(np.float32) * np.float32(1e20)
+    _, counts = vqcore.kmeans(x, 3, seed=0)
+    assert (counts > 50).all(), counts
+
+
+def test_kmeans_on_offset_blobs_matches_the_centred_run():
+    rng = np.random.default_rng(17)
+    centres = rng.standard_normal((16, 8)) * 5
+    x = (centres[rng.integers(0, 16, 4000)] + rng.standard_normal((4000, 8))).astype(np.float32)
+    init = x[:16].copy()
+    means, counts = vqcore.kmeans(x, 16, init=init, iters=5)
+    shifted, shifted_counts = vqcore.kmeans(x + np.float32(3000), 16, init=init + np.float32(3000), iters=5)
+    np.testing.assert_array_equal(counts, shifted_counts)
+    np.testing.assert_allclose(shifted - 3000, means, atol=2e-3)
