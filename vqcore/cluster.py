@@ -241,9 +241,9 @@ def _objective(x, means, metric, comm):
     total = np.zeros(1)
     for h in range(x.shape[0]):
         n = x.shape[1]
-        dist = np.empty(n)  # squared distance, or dot product for cosine
+        dist = np.empty(n)  # distance, or dot product for cosine
         assign(x[h], means[h], metric, np.empty(n, dtype=np.int64), dist)
-        total += dist.sum() if metric == "euclidean" else -dist.sum()
+        total += np.square(dist).sum() if metric == "euclidean" else -dist.sum()
     comm.allreduce_sum_(total)
     return float(total[0])
 
