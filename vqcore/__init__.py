@@ -6,6 +6,9 @@ from ._threads import configure_threads
 from .comm import Communicator, MPIComm, SerialComm, check_same, sample_vectors_distributed
 from .sampling import gumbel_sample, sample_multinomial, sample_vectors
 from .quantizer import VectorQuantizer
+from .residual import ResidualQuantizer
+from .product import ProductQuantizer
+from .io import load
 from .search import distances, nearest
 
 __version__ = "0.1.0"
@@ -19,6 +22,9 @@ __all__ = [
     "CosineSimCodebook",
     "EuclideanCodebook",
     "VectorQuantizer",
+    "ResidualQuantizer",
+    "ProductQuantizer",
+    "load",
     "ema",
     "SerialComm",
     "distances",

@@ -1,0 +1,94 @@
+"""Reading any vqcore quantizer file: a registry of kinds, and :func:`load`.
+
+Each quantizer class registers the ``kind`` it writes into its ``.npz`` file
+(:func:`register`); :func:`load` reads that kind and hands the file to the
+class's own ``load``.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .state import FORMAT
+
+__all__ = ["load", "register", "registered_kinds", "file_kind"]
+
+_REGISTRY = {}
+
+
+def register(kind):
+    """Class decorator: ``kind`` files are read by ``cls.load(path, seed=..., comm=...)``.
+
+    Raises
+    ------
+    ValueError
+        ``kind`` is already registered to another class.
+    """
+    def decorate(cls):
+        owner = _REGISTRY.get(kind)
+        if owner is not None and owner is not cls:
+            raise ValueError(f"kind {kind!r} is already registered to {owner.__name__}")
+        _REGISTRY[kind] = cls
+        return cls
+
+    return decorate
+
+
+def registered_kinds():
+    """The kinds :func:`load` can read, sorted."""
+    _register_builtin()
+    return sorted(_REGISTRY)
+
+
+def file_kind(path):
+    """The ``kind`` recorded in a vqcore file, without reading its arrays.
+
+    Raises
+    ------
+    ValueError
+        Not a readable ``.npz`` file, or not written by vqcore.
+    """
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "format" not in data.files or str(data["format"]) != FORMAT or "kind" not in data.files:
+                raise ValueError(f"{path} is not a vqcore file (no vqcore format marker)")
+            return str(data["kind"])
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"{path} is not a readable .npz file ({exc})") from None
+
+
+def load(path, *, seed=None, comm=None):
+    """Read any quantizer written by a vqcore ``save``: the class is chosen by the file's kind.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    seed : int, numpy.random.Generator or None
+        Randomness for further training of the loaded quantizer.
+    comm : vqcore.comm.Communicator, optional
+
+    Returns
+    -------
+    VectorQuantizer, ResidualQuantizer or ProductQuantizer
+
+    Raises
+    ------
+    ValueError
+        Not a vqcore file, or a kind this vqcore does not know.
+    """
+    kind = file_kind(path)
+    _register_builtin()
+    cls = _REGISTRY.get(kind)
+    if cls is None:
+        raise ValueError(f"{os.fspath(path)} holds a {kind!r}; this vqcore reads {sorted(_REGISTRY)}")
+    return cls.load(path, seed=seed, comm=comm)
+
+
+def _register_builtin():
+    """Import the built-in quantizers (their modules register themselves; VectorQuantizer here)."""
+    from . import product, residual  # noqa: F401  (registration on import)
+    from .quantizer import VectorQuantizer
+
+    register("VectorQuantizer")(VectorQuantizer)
