@@ -1,5 +1,7 @@
 """vqtorch: a drop-in ``VectorQuantize`` layer for PyTorch backed by vqcore."""
 from .config import VQConfig
+from .fsq import FSQ
 from .layer import VectorQuantize
+from .lfq import LFQ
 
-__all__ = ["VectorQuantize", "VQConfig"]
+__all__ = ["VectorQuantize", "VQConfig", "FSQ", "LFQ"]

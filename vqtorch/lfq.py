@@ -1,0 +1,309 @@
+"""``LFQ``: lookup-free quantization, a drop-in for vector-quantize-pytorch 1.14.5's layer.
+
+Each codebook dimension is quantized to its sign (times ``codebook_scale``); the index is the
+bit pattern (https://arxiv.org/abs/2310.05737). Training adds the seed's entropy loss over the
+softmax of ``2 * inv_temperature * x . code`` across all ``codebook_size`` codes. The seed
+holds those probabilities for every token at once, ``(tokens, codebooks, codebook_size)``;
+here :class:`_SoftmaxEntropies` computes the same numbers a block of tokens at a time, in
+the forward and in the backward, so memory does not grow with ``tokens * codebook_size``.
+"""
+from __future__ import annotations
+
+import math
+from collections import namedtuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .fsq import (channel_last_tokens, check_indices, check_num_codebooks, check_positive_int, no_cuda_autocast,
+                  restore_layout, split_codebooks)
+
+__all__ = ["LFQ", "Return", "LossBreakdown"]
+
+Return = namedtuple("Return", ["quantized", "indices", "entropy_aux_loss"])
+LossBreakdown = namedtuple("LossBreakdown", ["per_sample_entropy", "batch_entropy", "commitment"])
+
+ENTROPY_EPS = 1e-5  # the seed's clamp inside log
+MAX_CODEBOOK_DIM = 30  # the seed materialises all codes, (2**codebook_dim, codebook_dim)
+BLOCK_ELEMENTS = 2 ** 19  # probabilities held at once by the blocked entropy (2 MiB of float32)
+
+
+def entropy(prob):
+    """``-sum(p * log(max(p, 1e-5)))`` over the last axis (the seed's formula)."""
+    return (-prob * prob.clamp(min=ENTROPY_EPS).log()).sum(dim=-1)
+
+
+def _entropy_grad(prob):
+    """d entropy / d prob of the formula above: ``-(log p + 1)`` where ``p >= eps``, else ``-log eps``."""
+    clamped = prob.clamp(min=ENTROPY_EPS)
+    grad = clamped.log().neg_()
+    return grad.sub_(prob.ge(ENTROPY_EPS).to(prob.dtype))
+
+
+def _blocks(num_rows, row_elements):
+    """Row slices holding about ``BLOCK_ELEMENTS`` probabilities each."""
+    step = max(1, BLOCK_ELEMENTS // max(1, row_elements))
+    return [slice(start, min(start + step, num_rows)) for start in range(0, num_rows, step)]
+
+
+class _SoftmaxEntropies(torch.autograd.Function):
+    """Mean per-sample entropy and mean probability of ``softmax(scale * rows @ codebook.T)``.
+
+    ``rows`` is ``(t, c, d)``, ``codebook`` ``(k, d)``. Returns the mean over ``(t, c)`` of each
+    distribution's entropy and the ``(c, k)`` mean distribution over tokens. The ``(t, c, k)``
+    probabilities are computed, used and dropped one block of tokens at a time; the backward
+    recomputes each block.
+    """
+
+    @staticmethod
+    def forward(ctx, rows, codebook, scale):
+        t, c, _ = rows.shape
+        k = codebook.shape[0]
+        entropy_sum = torch.zeros((), dtype=torch.float64, device=rows.device)
+        prob_sum = torch.zeros(c, k, dtype=torch.float64, device=rows.device)
+        for block in _blocks(t, c * k):
+            prob = _block_probs(rows[block], codebook, scale)
+            entropy_sum += entropy(prob).sum(dtype=torch.float64)
+            prob_sum += prob.sum(dim=0, dtype=torch.float64)
+        ctx.save_for_backward(rows, codebook)
+        ctx.scale = scale
+        per_sample = (entropy_sum / (t * c)).to(rows.dtype)
+        return per_sample, (prob_sum / t).to(rows.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_per_sample, grad_avg_prob):
+        rows, codebook = ctx.saved_tensors
+        t, c, _ = rows.shape
+        k = codebook.shape[0]
+        grad_rows = torch.empty_like(rows)
+        per_sample_weight = None if grad_per_sample is None else grad_per_sample / (t * c)
+        avg_weight = None if grad_avg_prob is None else grad_avg_prob / t
+        for block in _blocks(t, c * k):
+            prob = _block_probs(rows[block], codebook, ctx.scale)
+            grad_prob = torch.zeros_like(prob)
+            if per_sample_weight is not None:
+                grad_prob += _entropy_grad(prob).mul_(per_sample_weight)
+            if avg_weight is not None:
+                grad_prob += avg_weight
+            # softmax backward: p * (g - sum(p * g))
+            grad_logits = grad_prob.sub_((prob * grad_prob).sum(dim=-1, keepdim=True)).mul_(prob)
+            grad_rows[block] = (grad_logits @ codebook).mul_(ctx.scale)
+        return grad_rows, None, None
+
+
+def _block_probs(rows, codebook, scale):
+    """``softmax(scale * rows @ codebook.T)`` over the codes, for a block of rows (b, c, d) -> (b, c, k)."""
+    logits = rows @ codebook.t()
+    return logits.mul_(scale).softmax(dim=-1)
+
+
+def softmax_entropies(rows, codebook, inv_temperature):
+    """Per-sample entropy (mean) and mean distribution of the seed's LFQ code probabilities.
+
+    Parameters
+    ----------
+    rows : Tensor of shape (t, c, d)
+        Tokens per codebook, before quantization.
+    codebook : Tensor of shape (k, d)
+    inv_temperature : float
+
+    Returns
+    -------
+    per_sample_entropy : Tensor, scalar
+    avg_prob : Tensor of shape (c, k)
+    """
+    # The seed's logits are -(-2 * x.code) * inv_temperature: one rounding, as 2 * x.code is exact.
+    scale = 2.0 * float(inv_temperature)
+    return _SoftmaxEntropies.apply(rows, codebook, scale)
+
+
+class LFQ(nn.Module):
+    """Lookup-free quantization with the seed's arguments, outputs and ``state_dict`` keys.
+
+    Parameters
+    ----------
+    dim : int, optional
+        Input feature size; defaults to ``log2(codebook_size) * num_codebooks``. Otherwise linear
+        projections map to and from the codebook dims.
+    codebook_size : int, optional
+        A power of two; defaults to ``2 ** dim``.
+    entropy_loss_weight, commitment_loss_weight, diversity_gamma : float
+        Weights of the entropy loss, of the commitment loss, and of the batch (codebook)
+        entropy within the entropy loss.
+    straight_through_activation : nn.Module
+        Applied to the input of the straight-through estimator in training.
+    num_codebooks : int
+    keep_num_codebooks_dim : bool, optional
+        Defaults to ``num_codebooks > 1`` (required then).
+    codebook_scale : float
+        Code values are ``+-codebook_scale``.
+    frac_per_sample_entropy : float
+        In (0, 1]: the entropies use a random fraction of the tokens, drawn as the seed draws it.
+
+    Notes
+    -----
+    ``forward(x, inv_temperature=100., return_loss_breakdown=False, mask=None)`` returns
+    ``Return(quantized, indices, entropy_aux_loss)``, and with ``return_loss_breakdown`` also
+    ``LossBreakdown(per_sample_entropy, batch_entropy, commitment)``. Inputs are cast to
+    float32 and the output stays float32, as in the seed.
+    """
+
+    def __init__(self, *, dim=None, codebook_size=None, entropy_loss_weight=0.1, commitment_loss_weight=0.25,
+                 diversity_gamma=1.0, straight_through_activation=nn.Identity(), num_codebooks=1,
+                 keep_num_codebooks_dim=None, codebook_scale=1.0, frac_per_sample_entropy=1.0):
+        super().__init__()
+        codebook_size, codebook_dim, dim = _check_sizes(dim, codebook_size, num_codebooks)
+        keep_num_codebooks_dim = check_num_codebooks(num_codebooks, keep_num_codebooks_dim)
+        if not 0 < frac_per_sample_entropy <= 1:
+            raise ValueError(f"frac_per_sample_entropy must lie in (0, 1], got {frac_per_sample_entropy}.")
+
+        codebook_dims = codebook_dim * num_codebooks
+        self.has_projections = dim != codebook_dims
+        self.project_in = nn.Linear(dim, codebook_dims) if self.has_projections else nn.Identity()
+        self.project_out = nn.Linear(codebook_dims, dim) if self.has_projections else nn.Identity()
+        self.dim = dim
+        self.codebook_size = codebook_size
+        self.codebook_dim = codebook_dim
+        self.num_codebooks = num_codebooks
+        self.keep_num_codebooks_dim = keep_num_codebooks_dim
+        self.activation = straight_through_activation
+        self.frac_per_sample_entropy = frac_per_sample_entropy
+        self.diversity_gamma = diversity_gamma
+        self.entropy_loss_weight = entropy_loss_weight
+        self.codebook_scale = codebook_scale
+        self.commitment_loss_weight = commitment_loss_weight
+
+        # The seed's buffers: the bit values (persistent), a zero and the codes (not persistent).
+        self.register_buffer("mask", 2 ** torch.arange(codebook_dim - 1, -1, -1))
+        self.register_buffer("zero", torch.tensor(0.0), persistent=False)
+        bits = ((torch.arange(codebook_size)[..., None].int() & self.mask) != 0).float()
+        self.register_buffer("codebook", self.bits_to_codes(bits), persistent=False)
+
+    def bits_to_codes(self, bits):
+        """Bits in {0, 1} -> code values in {-codebook_scale, codebook_scale}."""
+        return bits * self.codebook_scale * 2 - self.codebook_scale
+
+    @property
+    def dtype(self):
+        return self.codebook.dtype
+
+    def indices_to_codes(self, indices, project_out=True):
+        """Codes of ``indices`` ``(b, n)`` or ``(b, ...)`` (codebook axis last when kept).
+
+        Returns ``(b, n, dim)`` (``project_out``) or ``(b, n, codebook_dims)``; image/video
+        indices give channel-first codes.
+        """
+        check_indices(indices, self.codebook_size)
+        is_img_or_video = indices.ndim >= 3 + int(self.keep_num_codebooks_dim)
+        if not self.keep_num_codebooks_dim:
+            indices = indices.unsqueeze(-1)
+        bits = ((indices.unsqueeze(-1).int() & self.mask) != 0).to(self.dtype)
+        codes = self.bits_to_codes(bits).flatten(-2)
+        if project_out:
+            codes = self.project_out(codes)
+        if is_img_or_video:
+            codes = codes.movedim(-1, 1)
+        return codes
+
+    # -- forward ---------------------------------------------------------------------------------
+
+    def forward(self, x, inv_temperature=100.0, return_loss_breakdown=False, mask=None):
+        """Quantize ``x`` ``(b, n, dim)`` or channel-first ``(b, dim, ...)``; see the class notes."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"input must be a tensor, got {type(x).__name__}.")
+        x = x.float()
+        with no_cuda_autocast():
+            x, spatial = channel_last_tokens(x, self.dim)
+            _check_mask(mask, x)
+            x = split_codebooks(self.project_in(x), self.num_codebooks)
+            original_input = x
+            quantized = torch.where(x > 0, self.codebook_scale, -self.codebook_scale)
+            if self.training:
+                x = self.activation(x)
+                x = x + (quantized - x).detach()
+            else:
+                x = quantized
+            indices = ((x > 0) * self.mask).sum(dim=-1)
+            if self.training:
+                per_sample_entropy, codebook_entropy = self._entropies(original_input, mask, inv_temperature)
+                entropy_aux_loss = per_sample_entropy - self.diversity_gamma * codebook_entropy
+                commit_loss = _commitment(original_input, quantized, mask)
+            else:
+                entropy_aux_loss = per_sample_entropy = codebook_entropy = commit_loss = self.zero
+            out = self.project_out(x.flatten(-2))
+        out, indices = restore_layout(out, indices, spatial)
+        if not self.keep_num_codebooks_dim:
+            indices = indices.squeeze(-1)
+        aux_loss = entropy_aux_loss * self.entropy_loss_weight + commit_loss * self.commitment_loss_weight
+        ret = Return(out, indices, aux_loss)
+        if not return_loss_breakdown:
+            return ret
+        return ret, LossBreakdown(per_sample_entropy, codebook_entropy, commit_loss)
+
+    def _entropies(self, original_input, mask, inv_temperature):
+        """(per-sample entropy, codebook entropy) over the masked, optionally subsampled tokens."""
+        rows = original_input[mask] if mask is not None else original_input.flatten(0, 1)
+        if self.frac_per_sample_entropy < 1.0:
+            num_tokens = rows.shape[0]
+            num_sampled = int(num_tokens * self.frac_per_sample_entropy)
+            # The seed's draw: a random permutation rank per token, on the default (CPU) generator.
+            keep = torch.randn(num_tokens).argsort(dim=-1) < num_sampled
+            rows = rows[keep.to(rows.device)]
+        per_sample_entropy, avg_prob = softmax_entropies(rows, self.codebook.to(rows.dtype), inv_temperature)
+        return per_sample_entropy, entropy(avg_prob).mean()
+
+    def to_vqcore(self):
+        """A ``vqcore.lfq.LFQ`` with this configuration and projections, for numpy-only encode/decode."""
+        from vqcore.lfq import LFQ as NumpyLFQ
+
+        quantizer = NumpyLFQ(dim=self.dim, codebook_size=self.codebook_size, num_codebooks=self.num_codebooks,
+                             keep_num_codebooks_dim=self.keep_num_codebooks_dim,
+                             codebook_scale=self.codebook_scale)
+        return quantizer.load_state_dict(self.state_dict())
+
+    def extra_repr(self):
+        return f"dim={self.dim}, codebook_size={self.codebook_size}, num_codebooks={self.num_codebooks}"
+
+
+def _commitment(original_input, quantized, mask):
+    """The seed's masked mean squared distance to the (detached) quantized values."""
+    loss = F.mse_loss(original_input, quantized.detach(), reduction="none")
+    if mask is not None:
+        loss = loss[mask]
+    return loss.mean()
+
+
+def _check_sizes(dim, codebook_size, num_codebooks):
+    """Resolve ``(codebook_size, codebook_dim, dim)`` as the seed does, with errors that name the value."""
+    check_positive_int("num_codebooks", num_codebooks)
+    if dim is None and codebook_size is None:
+        raise ValueError("LFQ needs dim or codebook_size (or both); e.g. LFQ(codebook_size=2**16).")
+    if dim is not None:
+        check_positive_int("dim", dim)
+    if codebook_size is not None:
+        check_positive_int("codebook_size", codebook_size)
+        if codebook_size > 2 ** MAX_CODEBOOK_DIM:
+            raise ValueError(f"codebook_size={codebook_size} is above 2**{MAX_CODEBOOK_DIM}: its codes do not fit "
+                             "in memory; use several codebooks (num_codebooks) instead.")
+        if codebook_size < 2 or codebook_size & (codebook_size - 1):
+            suggested = 2 ** max(1, math.ceil(math.log2(codebook_size)))
+            raise ValueError(f"codebook_size must be a power of 2 (>= 2) for lookup-free quantization, "
+                             f"got {codebook_size}; use {suggested}.")
+    elif dim > MAX_CODEBOOK_DIM:
+        raise ValueError(f"dim={dim} without codebook_size means 2**{dim} codes; pass codebook_size "
+                         f"(at most 2**{MAX_CODEBOOK_DIM}) and the projections map dim to log2 of it.")
+    else:
+        codebook_size = 2 ** dim
+    codebook_dim = codebook_size.bit_length() - 1
+    if dim is None:
+        dim = codebook_dim * num_codebooks
+    return codebook_size, codebook_dim, dim
+
+
+def _check_mask(mask, x):
+    if mask is None:
+        return
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != tuple(x.shape[:2]):
+        raise ValueError(f"mask must be a bool tensor of shape {tuple(x.shape[:2])} (batch, seq), got "
+                         f"{getattr(mask, 'dtype', type(mask))} {tuple(getattr(mask, 'shape', ()))}.")
