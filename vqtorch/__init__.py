@@ -3,5 +3,6 @@ from .config import VQConfig
 from .fsq import FSQ
 from .layer import VectorQuantize
 from .lfq import LFQ
+from .residual import GroupedResidualVQ, ResidualVQ
 
-__all__ = ["VectorQuantize", "VQConfig", "FSQ", "LFQ"]
+__all__ = ["VectorQuantize", "VQConfig", "FSQ", "LFQ", "ResidualVQ", "GroupedResidualVQ"]
