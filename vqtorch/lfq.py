@@ -25,6 +25,7 @@ Return = namedtuple("Return", ["quantized", "indices", "entropy_aux_loss"])
 LossBreakdown = namedtuple("LossBreakdown", ["per_sample_entropy", "batch_entropy", "commitment"])
 
 ENTROPY_EPS = 1e-5  # the seed's clamp inside log
+LOG_EPS = math.log(ENTROPY_EPS)
 MAX_CODEBOOK_DIM = 30  # the seed materialises all codes, (2**codebook_dim, codebook_dim)
 BLOCK_ELEMENTS = 2 ** 19  # probabilities held at once by the blocked entropy (2 MiB of float32)
 
@@ -98,7 +99,128 @@ def _block_probs(rows, codebook, scale):
     return logits.mul_(scale).softmax(dim=-1)
 
 
-def softmax_entropies(rows, codebook, inv_temperature):
+class _FactorizedEntropies(torch.autograd.Function):
+    """The numbers of :class:`_SoftmaxEntropies` without ever forming ``(rows, k)`` probabilities.
+
+    LFQ's codes are all sign patterns, so a logit splits into a part from the high bits
+    and one from the low bits, and the softmax over ``k = H * L`` codes is the outer product
+    ``u_h * v_l`` of two small softmaxes. The clamped entropy ``-sum p log max(p, eps)``
+    becomes, per high code ``h``, sums over the low codes with ``v_l >= eps / u_h``: prefix
+    sums over ``v`` sorted once per row, cut by a binary search. The mean distribution is
+    ``U.T @ V`` (a GEMM), and its gradient comes back through ``G @ v`` and ``G.T @ u``.
+    Work per row is ``O(sqrt(k) log k)`` plus GEMMs, instead of ``O(k)`` exponentials.
+    """
+
+    @staticmethod
+    def forward(ctx, rows, codebook, scale):
+        t, c, _ = rows.shape
+        split = _Split(codebook)
+        entropy_sum = torch.zeros((), dtype=torch.float64, device=rows.device)
+        prob_sum = torch.zeros(c, split.high, split.low, dtype=torch.float64, device=rows.device)
+        for block in _blocks(t, c * max(split.high, split.low)):
+            parts = split.parts(rows[block], scale)
+            entropy_sum += (parts.u * parts.per_high()).sum(dtype=torch.float64)
+            prob_sum += torch.einsum("rch,rcl->chl", parts.u, parts.v).double()
+        ctx.save_for_backward(rows, codebook)
+        ctx.scale = scale
+        per_sample = (entropy_sum / (t * c)).to(rows.dtype)
+        return per_sample, (prob_sum / t).to(rows.dtype).reshape(c, -1)
+
+    @staticmethod
+    def backward(ctx, grad_per_sample, grad_avg_prob):
+        rows, codebook = ctx.saved_tensors
+        t, c, _ = rows.shape
+        split = _Split(codebook)
+        grad_rows = torch.empty_like(rows)
+        per_sample_weight = None if grad_per_sample is None else grad_per_sample / (t * c)
+        avg_weight = None if grad_avg_prob is None else (grad_avg_prob / t).reshape(c, split.high, split.low)
+        for block in _blocks(t, c * max(split.high, split.low)):
+            parts = split.parts(rows[block], ctx.scale)
+            u, v = parts.u, parts.v
+            grad_high = torch.zeros_like(u)
+            grad_low = torch.zeros_like(v)
+            if per_sample_weight is not None:
+                # d H / d p = -(log p + 1) above eps, -log eps below; summed over the other half
+                per_high = parts.per_high()
+                w_high = per_high - parts.top_low_mass
+                expected = (u * w_high).sum(dim=-1, keepdim=True)
+                w_low = parts.per_low_grad()
+                grad_high += u * (w_high - expected) * per_sample_weight
+                grad_low += v * (w_low - expected) * per_sample_weight
+            if avg_weight is not None:
+                g_v = torch.einsum("rcl,chl->rch", v, avg_weight)
+                g_u = torch.einsum("rch,chl->rcl", u, avg_weight)
+                expected = (u * g_v).sum(dim=-1, keepdim=True)
+                grad_high += u * (g_v - expected)
+                grad_low += v * (g_u - expected)
+            grad_rows[block] = split.grad_rows(grad_high, grad_low, ctx.scale)
+        return grad_rows, None, None
+
+
+class _Split:
+    """LFQ's codebook as high-bit codes ``(H, d1)`` times low-bit codes ``(L, d2)``."""
+
+    def __init__(self, codebook):
+        k, d = codebook.shape
+        self.d1 = d // 2
+        self.low = 2 ** (d - self.d1)
+        self.high = k // self.low
+        # code j = h * L + l; its first d1 values depend on h only, the rest on l only
+        self.codes_high = codebook[::self.low, :self.d1]
+        self.codes_low = codebook[:self.low, self.d1:]
+
+    def parts(self, rows, scale):
+        x_high, x_low = rows[..., :self.d1], rows[..., self.d1:]
+        u = (x_high @ self.codes_high.t()).mul_(scale).softmax(dim=-1)
+        v = (x_low @ self.codes_low.t()).mul_(scale).softmax(dim=-1)
+        return _Parts(u, v)
+
+    def grad_rows(self, grad_high, grad_low, scale):
+        return torch.cat([grad_high @ self.codes_high, grad_low @ self.codes_low], dim=-1).mul_(scale)
+
+
+class _Parts:
+    """The two factor distributions of a block of rows and the clamped-entropy sums over them."""
+
+    def __init__(self, u, v):
+        self.u, self.v = u, v
+        self.log_u, self.log_v = _safe_log(u), _safe_log(v)
+        # mass and sum of v log v of the low codes with u_h * v_l >= eps, for each h
+        self.top_low_mass, top_low_vlogv, self.total_low = _mass_above(v, self.log_v, u)
+        self._top_low_vlogv = top_low_vlogv
+
+    def per_high(self):
+        """``R_h = sum_l v_l * (-log max(u_h v_l, eps))`` for each high code ``h``."""
+        return (-self.log_u * self.top_low_mass - self._top_low_vlogv
+                - LOG_EPS * (self.total_low - self.top_low_mass))
+
+    def per_low_grad(self):
+        """``sum_h u_h * dH/dp_hl`` for each low code ``l`` (``dH/dp`` of the clamped entropy)."""
+        mass, ulogu, total = _mass_above(self.u, self.log_u, self.v)
+        return -(self.log_v + 1) * mass - ulogu - LOG_EPS * (total - mass)
+
+
+def _safe_log(p):
+    """``log p`` with zeros (underflowed probabilities) mapped to a finite value; they carry no mass."""
+    return p.clamp(min=torch.finfo(p.dtype).tiny).log()
+
+
+def _mass_above(q, log_q, other):
+    """For each entry ``o`` of ``other``: the sums of ``q`` and ``q log q`` over ``q >= eps / o``.
+
+    ``q`` (..., m) and ``other`` (..., n) -> two (..., n) tensors and the total of ``q`` (..., 1).
+    """
+    q_sorted, order = q.sort(dim=-1, descending=True)
+    qlogq = (q_sorted * log_q.gather(-1, order))
+    zero = q_sorted.new_zeros(q_sorted.shape[:-1] + (1,))
+    mass = torch.cat([zero, q_sorted.cumsum(dim=-1)], dim=-1)
+    weighted = torch.cat([zero, qlogq.cumsum(dim=-1)], dim=-1)
+    # count of q >= eps / o: on the ascending -q, values <= -eps / o (o = 0 gives -inf, count 0)
+    count = torch.searchsorted(q_sorted.neg(), (-ENTROPY_EPS / other).contiguous(), right=True)
+    return mass.gather(-1, count), weighted.gather(-1, count), mass[..., -1:]
+
+
+def softmax_entropies(rows, codebook, inv_temperature, *, factorized=True):
     """Per-sample entropy (mean) and mean distribution of the seed's LFQ code probabilities.
 
     Parameters
@@ -106,7 +228,11 @@ def softmax_entropies(rows, codebook, inv_temperature):
     rows : Tensor of shape (t, c, d)
         Tokens per codebook, before quantization.
     codebook : Tensor of shape (k, d)
+        LFQ's codes (all sign patterns, code ``j`` holding the bits of ``j``).
     inv_temperature : float
+    factorized : bool
+        Use the factorised computation (fast); False computes every probability, a block
+        of tokens at a time (the reference).
 
     Returns
     -------
@@ -115,7 +241,8 @@ def softmax_entropies(rows, codebook, inv_temperature):
     """
     # The seed's logits are -(-2 * x.code) * inv_temperature: one rounding, as 2 * x.code is exact.
     scale = 2.0 * float(inv_temperature)
-    return _SoftmaxEntropies.apply(rows, codebook, scale)
+    function = _FactorizedEntropies if factorized else _SoftmaxEntropies
+    return function.apply(rows, codebook, scale)
 
 
 class LFQ(nn.Module):
