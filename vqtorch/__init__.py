@@ -3,6 +3,7 @@ from .config import VQConfig
 from .fsq import FSQ
 from .layer import VectorQuantize
 from .lfq import LFQ
+from .random_projection import RandomProjectionQuantizer
 from .residual import GroupedResidualVQ, ResidualVQ
 
-__all__ = ["VectorQuantize", "VQConfig", "FSQ", "LFQ", "ResidualVQ", "GroupedResidualVQ"]
+__all__ = ["VectorQuantize", "VQConfig", "FSQ", "LFQ", "RandomProjectionQuantizer", "ResidualVQ", "GroupedResidualVQ"]
