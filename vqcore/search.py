@@ -7,6 +7,7 @@ import numpy as np
 
 from . import _validate
 from ._config import num_threads, single_threaded_blas
+from .kernels.bf16 import HAS_BF16, bf16_round, error_bound_terms, pack_codes
 from .kernels.search import ROW_NOT_FINITE, block_rows, certified_assign
 
 __all__ = ["nearest", "distances"]
@@ -60,49 +61,72 @@ class SearchPlan:
     """A codebook prepared once for certified search (see :func:`plan`).
 
     Holds the codes as given, their centre and power-of-two scale, the
-    working-precision operands of the score GEMM and the coefficients of the
-    per-row error bound ``rel * |v| + quad + absolute * (1 + |v|)**2``, where
-    ``|v|`` is the norm of the row after centring and scaling.
+    engine's operand for the scores (``codes_t`` for BLAS, packed bf16 codes
+    for ``"bf16"``) and the five coefficients of each row's error bound
+    (see :func:`plan`).
     """
 
     codebook: np.ndarray
     metric: str
+    engine: str
     mu: np.ndarray
     scale: float
-    codes_t: np.ndarray
+    operand: np.ndarray
     bias: np.ndarray
-    rel: float
-    quad: float
-    absolute: float
+    coefs: np.ndarray
     limit: float
 
 
-def plan(codebook, metric, work_dtype=None):
+def engine_for(dtype, precision):
+    """The score engine for input ``dtype`` under ``precision=``: "bf16", "fp32" or "fp64".
+
+    ``"auto"`` takes bf16 for float32 input on CPUs with avx512_bf16, fp32 on
+    others, and fp64 for float64 input; ``"bf16"`` on a CPU without it runs fp32.
+    """
+    precision = _validate.choice("precision", precision, PRECISIONS)
+    if precision == "auto":
+        precision = "fp64" if dtype == np.float64 else "bf16"
+    if precision == "bf16" and not HAS_BF16:
+        return "fp32"
+    return precision
+
+
+def plan(codebook, metric, engine="fp32"):
     """Prepare one validated codebook ``(k, d)`` for :func:`assign`.
 
     Parameters
     ----------
     codebook : ndarray of shape (n_codes, n_features), float32 or float64
     metric : {"euclidean", "cosine"}
-    work_dtype : numpy float dtype, optional
-        Precision of the score GEMM; defaults to the codebook's dtype.
+    engine : {"fp32", "fp64", "bf16"}
+        Precision of the fast scores (see :func:`engine_for`).
 
     Notes
     -----
-    The bound.  With unit roundoff ``u`` of the working precision, ``eps = u +
-    2**-53`` (rounding the centred, scaled values ``v`` and ``c'`` from float64),
-    ``gamma_d`` for the GEMM's accumulation over ``d`` terms and ``C`` the
-    largest ``|c'_j|``, every fast score ``bias_j - 2 v.c'_j`` differs from the
-    exact ``|c'_j|^2 - 2 v.c'_j`` by at most
-    ``(2u + 2 gamma_d + 4 eps) |v| C + (u + 3 eps + gamma64_d) C**2`` plus a
-    float64 margin ``4 gamma64_(d+2) (1 + C**2)(1 + |v|)**2`` (so every code the
-    float64 direct form could rank first is kept) and a term for subnormal
-    rounding; 1 % is added to cover second-order terms.  Cosine has no
-    ``C**2`` term.  A code can be nearest only if its score minus the bound
-    is below the best score plus the bound, so those are re-ranked exactly.
+    The bound.  Rows and codes are centred on the codebook's mean ``mu`` (not
+    for cosine) and scaled by a power of two ``s`` so that ``|c'| <= 1``:
+    ``v = (x - mu) s`` and ``c' = (c - mu) s`` are computed in float64 and
+    rounded to the working precision (unit roundoff ``u``, so each value is
+    off by at most ``eps = u + 2**-53`` relative).  With ``C = max_j |c'_j|``
+    and ``gamma_m = m u / (1 - m u)`` (Higham's bound for an m-term dot
+    product), every fast score ``|c'_j|^2 - 2 v . c'_j`` of a row is within
+
+    * BLAS engines: ``(2u + 2 gamma_d + 4 eps) C |v| + (2u + 3 eps + gamma64_d) C**2``
+    * bf16: ``4 eps C |v| + 2 C |r| + (2 C_r + (2 gamma + 2u) C_b) |b| + (2u + 3 eps + gamma64_d) C**2 + eta``,
+      where ``b = bf16(v)``, ``r = v - b`` (exact), ``C_r``/``C_b`` the largest
+      norms of the codes' residuals/bf16 parts and ``gamma``/``eta`` the
+      ``vdpbf16ps`` accumulation terms of :func:`vqcore.kernels.bf16.error_bound_terms`
+
+    of the exact value, plus a float64 margin ``4 gamma64_(d+2) (1 + C**2)
+    (1 + |v|)**2``, so that every code the float64 direct form could rank
+    first is kept, and a term for subnormal rounding; 1 % is added to cover
+    second-order terms.  Cosine scores ``-v . c'`` have no ``C**2`` term
+    and half the others.  A code can be nearest only if its score minus the
+    bound is at most the best score plus the bound, so exactly those are
+    re-ranked by the float64 direct form.
     """
-    work = np.dtype(codebook.dtype if work_dtype is None else work_dtype)
     k, d = codebook.shape
+    work = np.dtype(np.float64 if engine == "fp64" else np.float32)
     c64 = codebook.astype(np.float64)
     cosine = metric == "cosine"
     mu = np.zeros(d) if cosine else c64.mean(axis=0)
@@ -112,33 +136,37 @@ def plan(codebook, metric, work_dtype=None):
     scaled = (centred * scale).astype(work)
     s64 = scaled.astype(np.float64)
     sq = np.einsum("kd,kd->k", s64, s64)
-    big_c = float(np.sqrt(sq.max())) * (1 + 2.0 ** -40)
+    big_c = _upward(np.sqrt(sq.max()))
     u = _UNIT_ROUNDOFF[work]
     eps = u + _U64
-    gamma, gamma64 = _gamma(d, u), _gamma(d + 2, _U64)
-    tiny = (d + 4) * (2.0 ** -140 if work == np.float32 else 2.0 ** -1000) * (1 + big_c) ** 2
-    margin = 1.01
-    if cosine:
-        codes_t = np.ascontiguousarray(-scaled.T)
-        bias = np.zeros(k, dtype=work)
-        rel = (u + 2 * gamma + 2 * eps + gamma64) * big_c * margin
-        quad = 0.0
-        absolute = tiny
+    gamma64 = _gamma(d + 2, _U64)
+    tiny = (d + 4) * (2.0 ** -120 if work == np.float32 else 2.0 ** -1000) * (1 + big_c) ** 2
+    factor = 1.0 if cosine else 2.0  # cosine scores are -v.c', euclidean ones |c'|^2 - 2 v.c'
+    coefs = np.zeros(5)
+    coefs[3] = 0.0 if cosine else (2 * u + 3 * eps + gamma64) * big_c ** 2
+    coefs[4] = factor * 2 * gamma64 * (1 + big_c ** 2) + tiny
+    if engine == "bf16":
+        rounded = bf16_round(scaled)
+        big_r = _upward(np.sqrt(np.einsum("kd,kd->k", *(2 * [(scaled - rounded).astype(np.float64)])).max()))
+        big_b = _upward(np.sqrt(np.einsum("kd,kd->k", *(2 * [rounded.astype(np.float64)])).max()))
+        gamma, eta = error_bound_terms(d)
+        coefs[0] = factor * 2 * eps * big_c
+        coefs[1] = factor * big_c
+        coefs[2] = factor * (big_r + (gamma + u) * big_b)
+        coefs[3] += eta * factor
+        operand = pack_codes(np.ascontiguousarray(-factor * scaled))  # times a power of two: exact
     else:
-        codes_t = np.ascontiguousarray((-2 * scaled).T)  # times a power of two: exact
-        bias = sq.astype(work)
-        rel = (2 * u + 2 * gamma + 4 * eps) * big_c * margin
-        quad = (u + 3 * eps + gamma64) * big_c ** 2 * margin
-        absolute = 4 * gamma64 * (1 + big_c ** 2) * margin + tiny
-    return SearchPlan(codebook, metric, mu, scale, codes_t, bias, rel, quad, absolute, _WORK_LIMIT[work])
+        gamma = _gamma(d, u)
+        coefs[0] = factor * (u + gamma + 2 * eps) * big_c
+        operand = np.ascontiguousarray((-factor * scaled).T)
+    coefs *= 1.01
+    bias = np.zeros(k, dtype=work) if cosine else sq.astype(work)
+    return SearchPlan(codebook, metric, engine, mu, scale, operand, bias, coefs, _WORK_LIMIT[work])
 
 
-def work_dtype(dtype, precision):
-    """The working precision for input ``dtype`` under ``precision=``."""
-    precision = _validate.choice("precision", precision, PRECISIONS)
-    if precision == "fp64" or (precision == "auto" and dtype == np.float64):
-        return np.dtype(np.float64)
-    return np.dtype(np.float32)
+def _upward(value):
+    """``value`` nudged up past float64 rounding of the computation that produced it."""
+    return float(value) * (1 + 2.0 ** -40)
 
 
 def assign(x, codebook, metric, indices, dist, sums=None, counts=None, *, precision="auto", candidates=None):
@@ -159,7 +187,7 @@ def assign(x, codebook, metric, indices, dist, sums=None, counts=None, *, precis
     if n == 0:
         return
     search_plan = codebook if isinstance(codebook, SearchPlan) else plan(codebook, metric,
-                                                                        work_dtype(x.dtype, precision))
+                                                                        engine_for(x.dtype, precision))
     k, d = search_plan.codebook.shape
     threads = num_threads()
     accumulate = sums is not None
@@ -168,13 +196,15 @@ def assign(x, codebook, metric, indices, dist, sums=None, counts=None, *, precis
     record = candidates is not None
     if not record:
         candidates = np.zeros(1, dtype=np.int32)
-    work = search_plan.codes_t.dtype
+    kernel = certified_assign
+    if search_plan.engine == "bf16":
+        from .kernels.search_bf16 import certified_assign_bf16 as kernel  # compiles only where HAS_BF16
+    itemsize = 8 if search_plan.engine == "fp64" else 4
     with single_threaded_blas():
-        certified_assign(
-            x, search_plan.codebook, search_plan.mu, search_plan.scale, search_plan.metric == "cosine",
-            search_plan.codes_t, search_plan.bias, search_plan.rel, search_plan.quad, search_plan.absolute,
-            search_plan.limit, block_rows(n, k, d, work.itemsize, threads), threads,
-            indices, dist, candidates, record, sums, counts, accumulate)
+        kernel(x, search_plan.codebook, search_plan.mu, search_plan.scale, search_plan.metric == "cosine",
+               search_plan.operand, search_plan.bias, search_plan.coefs, search_plan.limit,
+               block_rows(n, k, d, itemsize, threads), threads,
+               indices, dist, candidates, record, sums, counts, accumulate)
 
 
 def check_rows(x, indices):
@@ -226,7 +256,8 @@ def nearest(x, codebook, *, metric="euclidean", return_distances=False, precisio
         computed directly in float64 and rounded to ``x``'s dtype.
     precision : {"auto", "bf16", "fp32", "fp64"}
         Engine of the fast candidate scores; the answer is the same for all.
-        ``"auto"`` takes fp32 for float32 input and fp64 for float64.
+        ``"auto"`` takes bf16 (``vdpbf16ps``) for float32 input on CPUs with
+        avx512_bf16, fp32 elsewhere, and fp64 for float64 input.
 
     Returns
     -------

@@ -166,9 +166,12 @@ def prepare_row(x, r, mu, scale, cosine, limit, out):
 
 
 @jit(inline="always")
-def finish_row(x, r, codebook, scores_row, bias, norm, row_scale, status, scale, cosine,
-               rel, quad, absolute, indices, dist, candidates, record):
-    """Select the certified nearest code of row ``r`` from its fast scores (fills the OUT arrays)."""
+def finish_row(x, r, codebook, scores_row, bias, bound, row_scale, status, scale, cosine,
+               indices, dist, candidates, record):
+    """Select the certified nearest code of row ``r`` from its fast scores (fills the OUT arrays).
+
+    ``bound`` bounds the rounding error of every fast score of the row.
+    """
     k = codebook.shape[0]
     if status == 1 or status == 3:
         indices[r] = ROW_NOT_FINITE if status == 1 else ROW_OUT_OF_RANGE
@@ -179,7 +182,6 @@ def finish_row(x, r, codebook, scores_row, bias, norm, row_scale, status, scale,
         count = k
     else:
         j, m = row_argmin(scores_row, bias)
-        bound = rel * norm + quad + absolute * (1.0 + norm) * (1.0 + norm)
         threshold = np.float64(m) + 2.0 * bound
         # Round the threshold up past the working precision, so the comparison
         # in that precision can only keep more codes, never fewer.
@@ -197,6 +199,13 @@ def finish_row(x, r, codebook, scores_row, bias, norm, row_scale, status, scale,
 
 
 @jit(inline="always")
+def row_bound(coefs, norm, residual_norm, rounded_norm):
+    """The error bound of a row's scores from its norms (see ``vqcore.search.plan``)."""
+    return (coefs[0] * norm + coefs[1] * residual_norm + coefs[2] * rounded_norm + coefs[3]
+            + coefs[4] * (1.0 + norm) * (1.0 + norm))
+
+
+@jit(inline="always")
 def add_row_stats(x, r, j, t, sums, counts):
     """Add row ``r`` of ``x`` to code ``j``'s slot in thread ``t``'s slabs."""
     counts[t, j] += 1.0
@@ -206,7 +215,7 @@ def add_row_stats(x, r, j, t, sums, counts):
 
 
 @jit(parallel=True)
-def certified_assign(x, codebook, mu, scale, cosine, codes_t, bias, rel, quad, absolute, limit,
+def certified_assign(x, codebook, mu, scale, cosine, codes_t, bias, coefs, limit,
                      rows, nthreads, indices, dist, candidates, record, sums, counts, accumulate):
     """Certified nearest code of every row of ``x``, with BLAS scores in ``codes_t``'s precision.
 
@@ -219,7 +228,7 @@ def certified_assign(x, codebook, mu, scale, cosine, codes_t, bias, rel, quad, a
     cosine : bool                                              # IN metric
     codes_t : (d, k) working float, ``-2 c'.T`` (``-c'.T`` cosine)   # IN
     bias : (k,) working float, ``|c'|^2`` (zeros for cosine)   # IN
-    rel, quad, absolute : float                                # IN error bound ``rel*|v| + quad + absolute*(1+|v|)^2``
+    coefs : (5,) float64                                       # IN error bound coefficients (see row_bound)
     limit : float                                              # IN largest safe |scaled value|
     rows, nthreads : int                                       # IN block rows, threads
     indices : (n,) int64                                       # OUT code, or ROW_NOT_FINITE / ROW_OUT_OF_RANGE
@@ -252,7 +261,8 @@ def certified_assign(x, codebook, mu, scale, cosine, codes_t, bias, rel, quad, a
             np.dot(vblock, codes_t, block)
             for i in range(m):
                 r = start + i
-                finish_row(x, r, codebook, block[i], bias, norms[i], row_scales[i], statuses[i], scale,
-                           cosine, rel, quad, absolute, indices, dist, candidates, record)
+                bound = row_bound(coefs, norms[i], 0.0, 0.0)
+                finish_row(x, r, codebook, block[i], bias, bound, row_scales[i], statuses[i], scale,
+                           cosine, indices, dist, candidates, record)
                 if accumulate and indices[r] >= 0:
                     add_row_stats(x, r, indices[r], t, sums, counts)
