@@ -79,7 +79,10 @@ def exact_and_bound(x, c):
 def scores(x, c, emulate):
     pairs = np.zeros((x.shape[0], (x.shape[1] + 1) // 2), dtype=np.int32)
     bf16.to_bf16_pairs(x, pairs)
-    return bf16.dot(pairs, bf16.pack_codes(c), c.shape[0], emulate=emulate)
+    out = np.full((x.shape[0], c.shape[0]), np.nan, dtype=np.float32)
+    got = bf16.dot(pairs, bf16.pack_codes(c), c.shape[0], out=out, emulate=emulate)
+    assert got is out
+    return got
 
 
 def check_scores(x, c, emulate):
@@ -184,6 +187,9 @@ def test_dot_rejects_mismatched_arrays():
         bf16.dot(pairs, bf16.pack_codes(np.zeros((5, 6), np.float32)), 5, emulate=True)
     with pytest.raises(ValueError, match="k=33"):
         bf16.dot(pairs, bf16.pack_codes(np.zeros((5, 4), np.float32)), 33, emulate=True)
+    with pytest.raises(ValueError, match="out must be"):
+        bf16.dot(pairs, bf16.pack_codes(np.zeros((5, 4), np.float32)), 5,
+                 out=np.empty((3, 6), np.float32), emulate=True)
     with pytest.raises(TypeError, match="a_pairs"):
         bf16.dot(pairs.astype(np.int64), bf16.pack_codes(np.zeros((5, 4), np.float32)), 5,
                  emulate=True)

@@ -470,7 +470,19 @@ def _dot_parallel(a_pairs, b_packed, k, out, emulate):  # out: (n, k) float32  #
         _dot_block_impl(a_pairs, r0, r1, b_packed, k, out[r0:r1], emulate)
 
 
-def dot(a_pairs, b_packed, k, *, emulate=False):
+# Entry points with the mode fixed: a literal argument passed from Python would
+# go through numba's literal dispatch (milliseconds) on every call.
+@jit
+def _dot_hardware(a_pairs, b_packed, k, out):
+    _dot_parallel(a_pairs, b_packed, k, out, False)
+
+
+@jit
+def _dot_emulated(a_pairs, b_packed, k, out):
+    _dot_parallel(a_pairs, b_packed, k, out, True)
+
+
+def dot(a_pairs, b_packed, k, *, out=None, emulate=False):
     """All bf16 scores ``(n, k)``, rows split over numba's threads.
 
     Parameters
@@ -481,12 +493,14 @@ def dot(a_pairs, b_packed, k, *, emulate=False):
         Codes from :func:`pack_codes`, with the same ``dp``.
     k : int
         Number of real codes (``<=`` the packed ones).
+    out : (n, k) float32 C-contiguous array, optional
+        Buffer to write the scores into (allocated when omitted).
     emulate : bool, default False
         Use the exact emulation of the instruction (any CPU; slow).
 
     Returns
     -------
-    (n, k) float32 array of scores.
+    (n, k) float32 array of scores (``out`` when given).
 
     Raises
     ------
@@ -510,7 +524,13 @@ def dot(a_pairs, b_packed, k, *, emulate=False):
         raise ValueError(f"b_packed of shape {b_packed.shape} does not fit a_pairs of shape "
                          f"{a_pairs.shape} and k={k}: pack the codes with pack_codes and "
                          f"the same number of features.")
-    out = np.empty((a_pairs.shape[0], k), dtype=np.float32)
-    _dot_parallel(np.ascontiguousarray(a_pairs), np.ascontiguousarray(b_packed), k, out,
-                  bool(emulate))
+    if out is None:
+        out = np.empty((a_pairs.shape[0], k), dtype=np.float32)
+    elif (not isinstance(out, np.ndarray) or out.dtype != np.float32
+          or out.shape != (a_pairs.shape[0], k) or not out.flags.c_contiguous):
+        raise ValueError(f"out must be a C-contiguous float32 array of shape "
+                         f"{(a_pairs.shape[0], k)}, got {getattr(out, 'dtype', None)} "
+                         f"{getattr(out, 'shape', None)}; pass out=None to allocate one.")
+    run = _dot_emulated if emulate else _dot_hardware
+    run(np.ascontiguousarray(a_pairs), np.ascontiguousarray(b_packed), k, out)
     return out
