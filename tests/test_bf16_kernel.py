@@ -266,6 +266,8 @@ def test_error_bound_terms():
     assert gamma <= (m + 1) * 2.0 ** -24
     assert eta >= m * 2.0 ** -126
     assert bf16.error_bound_terms(255) == bf16.error_bound_terms(256)
+    for d in (5790, 5792):  # the simpler (dp + 2) u holds up to dp = 5790 (docstring)
+        assert (bf16.error_bound_terms(d)[0] <= (d + 2) * 2.0 ** -24) == (d == 5790)
     with pytest.raises(ValueError, match="d=0"):
         bf16.error_bound_terms(0)
 

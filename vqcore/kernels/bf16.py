@@ -6,8 +6,9 @@ has the rigorous bound given below, so a caller can keep all candidates the
 error could reorder and re-rank them exactly.
 
 Arithmetic of ``vdpbf16ps`` (Intel SDM, "VDPBF16PS -- Dot Product of BF16
-Pairs Accumulated into Packed Single Precision"; AMD implements the same
-instruction under the same CPUID bit)
+Pairs Accumulated into Packed Single Precision"; AMD Zen 4 reports the same
+CPUID bit, and the tests check this arithmetic bit for bit on any CPU that
+runs the instruction)
 ---------------------------------------------------------------------------
 Each 32-bit lane ``j`` holds one bf16 pair of each source and performs, in
 this order, two fp32 fused multiply-adds::
@@ -42,7 +43,9 @@ Algorithms*, 2nd ed., section 4.2)::
     gamma_m = m u / (1 - m u)
 
 :func:`error_bound_terms` returns ``(gamma_m, m * lam * (1 + gamma_m))``
-rounded upwards.  The bound counts one rounding for every one of the ``m``
+rounded upwards.  ``gamma_m <= (m + 2) * u`` (the simpler constant
+``(d/2 + 1) * 2 * u`` for even ``d``) while ``m <= 5790``.  The bound counts
+one rounding for every one of the ``m``
 products (the first, into a zero accumulator, is in fact exact unless it
 underflows), so it also holds if an implementation fused both products of a
 pair into one rounding.  It needs no overflow: every partial sum is at most
