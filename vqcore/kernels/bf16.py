@@ -183,6 +183,11 @@ def _bf16_bits(bits):
 def to_bf16_pairs(a, out):
     """Round float32 rows to bf16 and pack consecutive features in pairs.
 
+    Rounding is to nearest even; bf16 denormals become signed zeros and finite
+    values from about ``3.3961e38`` up become ``+-inf`` (module docstring).
+    Serial and allocation-free, so a caller may run it per row block inside
+    its own ``prange``.
+
     Parameters
     ----------
     a : (n, d) float32, C-contiguous                  # IN
