@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import vqcore
-from vqcore import cli, data
+from vqcore import cli
+from vqcore.cli import data
 
 from . import naive
 
@@ -210,7 +211,7 @@ def test_unexpected_failure_exits_1_with_traceback(monkeypatch, capsys):
     def broken(args):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(cli, "cmd_info", broken)
+    monkeypatch.setattr(cli.info, "cmd_info", broken)
     assert cli.main(["info", "whatever.npz"]) == 1
     assert "RuntimeError: a bug" in capsys.readouterr().err
 

@@ -12,10 +12,10 @@ import warnings
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import _validate
-from .cluster import l2_normalize
+from . import _validate, metrics
 from .codebook import CosineSimCodebook, EuclideanCodebook
 from .comm import check_same, resolve_comm
+from .linalg import l2_normalize
 from .state import check_state, read_npz, to_numpy, write_npz
 
 __all__ = ["VectorQuantizer"]
@@ -145,6 +145,11 @@ class VectorQuantizer:
     def config(self):
         """The constructor arguments (without ``seed``/``comm``), as saved by :meth:`save`."""
         return dict(self._config)
+
+    @property
+    def code_shape(self):
+        """Shape of one vector's codes: ``()``, or ``(heads,)`` with several heads."""
+        return (self.heads,) if self.heads > 1 else ()
 
     @property
     def codebook(self):
@@ -352,14 +357,33 @@ class VectorQuantizer:
         threshold = dead_threshold
         if threshold is None:
             threshold = self._codebook.threshold_ema_dead_code or 1e-3
-        totals = counts.sum(axis=-1, keepdims=True)
-        p = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
-        entropy = -(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=-1)
         return {
             "counts": counts.astype(np.float32),
-            "perplexity": float(np.exp(entropy).mean()),
+            "perplexity": metrics.perplexity(counts),
             "dead_codes": int((counts < threshold).sum()),
         }
+
+    def score(self, x, *, batch_size=65536):
+        """Reconstruction error and code usage of ``x`` (inference only: the codebook does not change).
+
+        Parameters
+        ----------
+        x : array_like of shape (n, dim)
+        batch_size : int
+            Rows encoded at a time.
+
+        Returns
+        -------
+        dict
+            ``n``, ``inertia`` (sum of squared errors), ``mse`` (per element),
+            ``variance`` (of ``x`` per element), ``relative_mse``,
+            ``perplexity`` and ``dead_codes`` of the codes ``x`` chose; see
+            :func:`vqcore.metrics.score`.  Cosine quantizers are compared with
+            the unit-normalised rows.
+        """
+        x = _validate.float_array("x", x, ndims=(2,))
+        batch_size = _validate.positive_int("batch_size", batch_size)
+        return metrics.score(self, (x[s:s + batch_size] for s in range(0, len(x), batch_size)))
 
     # -- state ------------------------------------------------------------------
     def _expected_state(self):

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from .state import atomic_file
+from ..state import atomic_file
 
 __all__ = [
     "InputError", "Rows", "open_rows", "expand_sources", "open_source", "open_codes", "codes_dtype",

@@ -16,6 +16,8 @@ import time
 
 import numpy as np
 
+from ..metrics import perplexity
+
 __all__ = ["run", "add_arguments", "main"]
 
 DEFAULT_SIZES = (16, 64, 256)
@@ -46,7 +48,7 @@ def load_split(seed):
 
 def fit_vqcore(train, k, *, epochs, seed):
     """A vqcore codebook: k-means on the whole training set, then EMA passes with dead-code re-seeding."""
-    from .quantizer import VectorQuantizer
+    from ..quantizer import VectorQuantizer
 
     quantizer = VectorQuantizer(train.shape[1], k, kmeans_init=True, kmeans_iters=20, decay=0.8,
                                 threshold_ema_dead_code=1.0, seed=seed)
@@ -70,7 +72,6 @@ def compare(train, test, k, *, epochs, seed):
     km_reconstruction = kmeans.cluster_centers_[kmeans.predict(test)]
 
     train_counts = np.bincount(quantizer.encode(train).ravel(), minlength=k)
-    p = train_counts[train_counts > 0] / train_counts.sum()
     bits = max(math.ceil(math.log2(k)), 1)
     return {
         "k": k,
@@ -80,7 +81,7 @@ def compare(train, test, k, *, epochs, seed):
         "kmeans_mse": float(np.mean((km_reconstruction - test) ** 2)),
         "time": vq_time,
         "kmeans_time": km_time,
-        "perplexity": float(np.exp(-(p * np.log(p)).sum())),
+        "perplexity": perplexity(train_counts),
         "dead": int((train_counts == 0).sum()),
         "reconstruction": reconstruction,
         "train_counts": train_counts,
