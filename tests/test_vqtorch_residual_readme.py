@@ -109,7 +109,7 @@ quantized, indices, commit_loss = residual_vq(x)
 def _alias_module():
     """A stand-in ``vector_quantize_pytorch`` whose classes are vqtorch's."""
     alias = types.ModuleType("vector_quantize_pytorch")
-    for name in ("VectorQuantize", "ResidualVQ", "GroupedResidualVQ"):
+    for name in vqtorch.__all__:
         setattr(alias, name, getattr(vqtorch, name))
     return alias
 

@@ -5,5 +5,8 @@ from .layer import VectorQuantize
 from .lfq import LFQ
 from .random_projection import RandomProjectionQuantizer
 from .residual import GroupedResidualVQ, ResidualVQ
+from .residual_fsq import GroupedResidualFSQ, ResidualFSQ
+from .residual_lfq import GroupedResidualLFQ, ResidualLFQ
 
-__all__ = ["VectorQuantize", "VQConfig", "FSQ", "LFQ", "RandomProjectionQuantizer", "ResidualVQ", "GroupedResidualVQ"]
+__all__ = ["VectorQuantize", "VQConfig", "FSQ", "LFQ", "RandomProjectionQuantizer", "ResidualVQ", "GroupedResidualVQ",
+           "ResidualFSQ", "GroupedResidualFSQ", "ResidualLFQ", "GroupedResidualLFQ"]

@@ -145,6 +145,19 @@ class ResidualBase(nn.Module):
         """Per-stage factors (q, d) applied to the codes, or None."""
         return None
 
+    def _check_tokens(self, x):
+        """Validate channel-last token input (b, n, dim), the layout the FSQ/LFQ stacks work in."""
+        if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
+            raise TypeError(f"x must be a floating point tensor, got {getattr(x, 'dtype', type(x))}.")
+        if x.ndim != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must have shape (batch, seq, dim={self.dim}), got {tuple(x.shape)}: the residual "
+                             "stack works on the last axis (in 1.14.5 too).")
+
+    def _check_stage_projections(self):
+        if any(layer.has_projections for layer in self.layers):
+            raise ValueError("the stages of a residual stack cannot have their own projections: leave "
+                             "num_codebooks=1 (the stack projects dim to the codebook dims once).")
+
     def _check_code_indices(self, indices, *, allow_dropped=True):
         """Validate stacked indices (b, ..., q): integer, ``q`` columns, values in range."""
         if not isinstance(indices, torch.Tensor) or indices.dtype.is_floating_point or indices.dtype == torch.bool:
@@ -165,6 +178,21 @@ class ResidualBase(nn.Module):
             what = "(or -1 for a dropped stage)" if allow_dropped else "(no -1: take indices from eval mode)"
             raise ValueError(f"indices must lie in [0, {self.codebook_size}) {what}, got values in "
                              f"[{int(indices.min())}, {int(indices.max())}].")
+
+    def _stack_outputs(self, quantized, extras, *, null_loss=None, return_all_codes=False):
+        """``(project_out(quantized), indices (..., q)[, losses (..., q)][, all_codes])`` from the stages' outputs.
+
+        ``extras[i]`` is ``(indices, loss)`` of stage ``i`` (``loss`` used when ``null_loss`` is given);
+        dropped stages get indices ``-1`` (int64, as the seed) and ``null_loss``.
+        """
+        stage_indices = [extra[0] for extra in extras]
+        null_indices = torch.full_like(stage_indices[0], -1, dtype=torch.long)
+        out = [self.project_out(quantized), _pad_dropped(stage_indices, self.num_quantizers, null_indices)]
+        if null_loss is not None:
+            out.append(_pad_dropped([extra[1] for extra in extras], self.num_quantizers, null_loss))
+        if return_all_codes:
+            out.append(self.get_codes_from_indices(out[1]))
+        return tuple(out)
 
     def get_codes_from_indices(self, indices):
         """Codes of every stage for stacked indices.
@@ -305,25 +333,17 @@ class ResidualVQ(ResidualBase):
         stages = [partial(layer, indices=indices[..., q] if return_loss else None, **layer_kwargs)
                   for q, layer in enumerate(self.layers)]
         quantized, extras = residual_loop(x, stages, last)
-        quantized = self.project_out(quantized)
         if return_loss:
-            return quantized, sum(ce for ce, in extras)
-
-        stage_indices = [ind for ind, _ in extras]
-        null_indices = torch.full_like(stage_indices[0], -1)
+            return self.project_out(quantized), sum(ce for ce, in extras)
         null_loss = torch.zeros(1, device=x.device, dtype=x.dtype)
-        all_indices = _pad_dropped(stage_indices, self.num_quantizers, null_indices)
-        all_losses = _pad_dropped([loss for _, loss in extras], self.num_quantizers, null_loss)
-        if return_all_codes:
-            return quantized, all_indices, all_losses, self.get_codes_from_indices(all_indices)
-        return quantized, all_indices, all_losses
+        return self._stack_outputs(quantized, extras, null_loss=null_loss, return_all_codes=return_all_codes)
 
 
 class GroupedBase(nn.Module):
     """Split the features into ``groups`` and run one residual stack per group.
 
-    Subclasses set ``residual_cls`` and may pass ``accept_image_fmap`` on to the stacks
-    (``pass_image_fmap``).  Outputs: the quantized groups concatenated back, every other
+    Subclasses set ``residual_cls`` (a :class:`ResidualBase` with ``_check_forward(x, indices=None)``)
+    and may pass ``accept_image_fmap`` on to the stacks (``pass_image_fmap``).  Outputs: the quantized groups concatenated back, every other
     per-group tensor stacked on a new first axis, ``all_codes`` as a tuple over groups (as the
     seed returns it), and the cross-entropy losses summed.
     """
@@ -343,6 +363,7 @@ class GroupedBase(nn.Module):
         if self.pass_image_fmap:
             kwargs["accept_image_fmap"] = accept_image_fmap
         self.rvqs = nn.ModuleList([self.residual_cls(dim=dim // groups, **kwargs) for _ in range(groups)])
+        self.codebook_size = self.rvqs[0].codebook_size
 
     @property
     def codebooks(self):
