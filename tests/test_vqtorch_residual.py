@@ -295,3 +295,30 @@ def test_decoding_fewer_columns_needs_dropout():
         layer.get_output_from_indices(_ce_indices((2, 24, Q - 1)))
     with pytest.raises(ValueError, match="columns"):
         layer.get_codes_from_indices(_ce_indices((2, 24, Q + 1)))
+
+
+# -- export to vqcore ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ResidualVQ(dim=DIM, num_quantizers=3, codebook_size=K, codebook_dim=6, shared_codebook=True),
+    lambda: ResidualVQ(dim=DIM, num_quantizers=3, codebook_size=K, use_cosine_sim=True, decay=0.5),
+    lambda: GroupedResidualVQ(dim=DIM, groups=2, num_quantizers=3, codebook_size=K, codebook_dim=4),
+])
+def test_to_vqcore_encodes_and_decodes_as_eval_mode(make):
+    torch.manual_seed(4)
+    module = make()
+    x = _inputs("bnd", steps=1)[0]
+    module.train()
+    for _ in range(2):
+        module(x)  # trained codebooks, not the initial ones
+    module.eval()
+    _, indices, _ = module(x)
+    quantizer = module.to_vqcore()
+    codes = quantizer.encode(x.numpy())
+    expected = indices if isinstance(module, ResidualVQ) else indices.movedim(0, -2)  # group axis last in vqcore
+    assert (codes.astype("int64") == expected.numpy()).all()
+    decoded = torch.from_numpy(quantizer.decode(codes))
+    torch.testing.assert_close(decoded, module.get_output_from_indices(indices).detach(), **TOL)
+    for key, value in quantizer.state_dict().items():
+        torch.testing.assert_close(torch.as_tensor(value), module.state_dict()[key].float(), rtol=0, atol=0)

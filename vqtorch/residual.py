@@ -119,6 +119,26 @@ def _pad_dropped(values, num, null):
     return torch.stack(list(values) + [null] * (num - len(values)), dim=-1)
 
 
+# VectorQuantize options that vqcore's residual codebooks take (the rest have no numpy counterpart).
+_VQCORE_CODEBOOK_OPTIONS = ("decay", "eps", "kmeans_init", "kmeans_iters", "threshold_ema_dead_code", "ema_update",
+                            "sync_kmeans", "stochastic_sample_codes", "sample_codebook_temp")
+
+
+def export_to_vqcore(module, stack, groups, *, seed=None):
+    """A ``vqcore.ResidualQuantizer`` configured like ``stack`` (one group's ResidualVQ), holding ``module``'s state."""
+    import vqcore
+
+    cfg = stack.layers[0].config
+    quantizer = vqcore.ResidualQuantizer(
+        stack.dim * groups, cfg.codebook_size, stack.num_quantizers,
+        codebook_dim=cfg.dim if stack.has_projections else None, shared_codebook=stack.shared_codebook,
+        use_cosine_sim=cfg.use_cosine_sim, groups=groups, seed=seed,
+        **{name: getattr(cfg, name) for name in _VQCORE_CODEBOOK_OPTIONS})
+    state = {k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()
+             for k, v in module.state_dict().items()}
+    return quantizer.load_state_dict(state, strict=True)
+
+
 class ResidualBase(nn.Module):
     """What residual stacks share: dropout settings, index checks and decoding from indices.
 
@@ -301,6 +321,15 @@ class ResidualVQ(ResidualBase):
         """The codes of every stage: (num_quantizers, codebook_size, codebook_dim)."""
         return torch.stack([layer._codebook.embed[0] for layer in self.layers])
 
+    def to_vqcore(self, *, seed=None):
+        """A ``vqcore.ResidualQuantizer`` with this stack's codebooks, statistics and projections.
+
+        For numpy-only inference: its ``encode`` gives the eval-mode indices of this stack on
+        channel-last input, ``decode`` gives :meth:`get_output_from_indices`.  Options without a
+        vqcore counterpart (losses, gumbel estimators, learnable codebooks, layouts) do not carry over.
+        """
+        return export_to_vqcore(self, self, 1, seed=seed)
+
     def _check_forward(self, x, indices=None):
         """Validate the input (and cross-entropy targets) before any state changes."""
         if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
@@ -439,6 +468,13 @@ class GroupedResidualVQ(GroupedBase):
 
     residual_cls = ResidualVQ
     pass_image_fmap = True
+
+    def to_vqcore(self, *, seed=None):
+        """A ``vqcore.ResidualQuantizer(groups=groups)`` holding every group's stack (see ResidualVQ.to_vqcore).
+
+        Its codes have shape (..., groups, num_quantizers): this module's indices with the group axis moved last.
+        """
+        return export_to_vqcore(self, self.rvqs[0], self.groups, seed=seed)
 
     def forward(self, x, indices=None, return_all_codes=False, sample_codebook_temp=None, freeze_codebook=False,
                 mask=None):
