@@ -6,11 +6,24 @@ from hypothesis import given, settings, strategies as st
 import vqcore
 from vqcore.kernels import bf16
 from vqcore.kernels.bf16 import HAS_BF16
-from vqcore.search import PRECISIONS, assign, engine_for, plan
+from vqcore.search import PRECISIONS, assign, check_rows, engine_for, plan, scores_from_dist
 
 from . import naive
 
-ENGINES = [p for p in PRECISIONS if p != "bf16"] + ["bf16"]
+# Every public precision, plus the bf16 kernel with the instruction emulated, so the bf16
+# path is tested on CPUs without avx512_bf16 too.
+ENGINES = list(PRECISIONS) + ["bf16-emulated"]
+
+
+def search(x, codebook, metric="euclidean", engine="auto"):
+    """``nearest(..., return_distances=True)`` through any engine (2-D input)."""
+    if engine in PRECISIONS:
+        return vqcore.nearest(x, codebook, metric=metric, precision=engine, return_distances=True)
+    x, codebook = np.ascontiguousarray(x), np.ascontiguousarray(codebook, dtype=x.dtype)
+    indices, dist = np.empty(len(x), np.int64), np.empty(len(x))
+    assign(x, plan(codebook, metric, engine), metric, indices, dist)
+    check_rows(x, indices)
+    return indices, scores_from_dist(dist, metric, x.dtype)
 
 
 def power_of_two_scale(*arrays):
@@ -27,7 +40,7 @@ def brute_force(x, codebook, metric="euclidean"):
 
 
 def assert_exact(x, codebook, metric="euclidean", precision="auto"):
-    got, scores = vqcore.nearest(x, codebook, metric=metric, precision=precision, return_distances=True)
+    got, scores = search(x, codebook, metric, precision)
     want = brute_force(x, codebook, metric)
     wrong = np.flatnonzero(got != want)
     assert wrong.size == 0, f"{wrong.size} rows wrong, e.g. row {wrong[0]}: got {got[wrong[0]]}, want {want[wrong[0]]}"
@@ -59,11 +72,12 @@ def test_small_spread_far_from_origin(precision):
     assert_exact(x, codebook, precision=precision)
 
 
+@pytest.mark.parametrize("engine", ["auto", "bf16-emulated"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("scale", [1e-30, 1e-25, 1e-10, 1.0, 1e10, 1e30])
-def test_every_scale(dtype, scale):
+def test_every_scale(engine, dtype, scale):
     x, codebook = gaussian(1500, 50, 12, np.float64, seed=4)
-    assert_exact((x * scale).astype(dtype), (codebook * scale).astype(dtype))
+    assert_exact((x * scale).astype(dtype), (codebook * scale).astype(dtype), precision=engine)
 
 
 @pytest.mark.parametrize("dtype", [np.float64])
@@ -91,7 +105,7 @@ def test_exact_duplicates_go_to_the_lowest_index(precision, metric):
     codebook = np.concatenate([base, base, base])  # every code three times
     x = base[rng.integers(0, 40, 2000)] + 0.05 * rng.standard_normal((2000, 16)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    got = vqcore.nearest(x, codebook, metric=metric, precision=precision)
+    got = search(x, codebook, metric, precision)[0]
     assert got.max() < 40
     assert_exact(x, codebook, metric=metric, precision=precision)
 
@@ -99,7 +113,7 @@ def test_exact_duplicates_go_to_the_lowest_index(precision, metric):
 @pytest.mark.parametrize("precision", ENGINES)
 def test_codes_equal_to_inputs(precision):
     x, _ = gaussian(500, 1, 8, np.float32, seed=8)
-    got, scores = vqcore.nearest(x, x, precision=precision, return_distances=True)
+    got, scores = search(x, x, "euclidean", precision)
     np.testing.assert_array_equal(got, np.arange(500))
     np.testing.assert_array_equal(scores, 0)
 
@@ -108,7 +122,7 @@ def test_codes_equal_to_inputs(precision):
 def test_one_dimension_and_one_code(precision):
     x, codebook = gaussian(700, 30, 1, np.float32, seed=9)
     assert_exact(x, codebook, precision=precision)
-    np.testing.assert_array_equal(vqcore.nearest(x, codebook[:1], precision=precision), 0)
+    np.testing.assert_array_equal(search(x, codebook[:1], "euclidean", precision)[0], 0)
 
 
 @pytest.mark.parametrize("precision", ENGINES)
@@ -146,7 +160,7 @@ def test_property_exact_on_random_adversarial_sets(n, k, d, log_scale, offset, d
                  precision=precision)
 
 
-@pytest.mark.parametrize("engine", ["fp32", "bf16"])
+@pytest.mark.parametrize("engine", ["fp32", "bf16", "bf16-emulated"])
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 @pytest.mark.parametrize("offset", [0.0, 1e3])
 def test_score_error_never_exceeds_the_bound(engine, metric, offset):
@@ -170,10 +184,10 @@ def test_score_error_never_exceeds_the_bound(engine, metric, offset):
     else:
         v_exact = (x64 - p.mu) * p.scale
     v = v_exact.astype(np.float64).astype(np.float32)
-    if engine == "bf16":
+    if engine != "fp32":
         pairs = np.zeros((len(v), (d + 1) // 2), dtype=np.int32)
         bf16.to_bf16_pairs(v, pairs)
-        fast = bf16.dot(pairs, p.operand, len(codebook)) + p.bias
+        fast = bf16.dot(pairs, p.operand, len(codebook), emulate=engine == "bf16-emulated") + p.bias
         rounded = bf16.bf16_round(v).astype(np.float64)
         rounded_norm = np.linalg.norm(rounded, axis=1, keepdims=True)
         residual_norm = np.linalg.norm(v.astype(np.float64) - rounded, axis=1, keepdims=True)
@@ -193,7 +207,7 @@ def test_score_error_never_exceeds_the_bound(engine, metric, offset):
 
 def test_forced_precisions_agree_and_bad_precision_is_refused():
     x, codebook = gaussian(2000, 100, 30, np.float32, seed=13)
-    answers = [vqcore.nearest(x + 100, codebook + 100, precision=p) for p in ENGINES]
+    answers = [search(x + 100, codebook + 100, "euclidean", p)[0] for p in ENGINES]
     for other in answers[1:]:
         np.testing.assert_array_equal(other, answers[0])
     assert engine_for(np.dtype(np.float32), "fp64") == "fp64"

@@ -47,6 +47,9 @@ _UNIT_ROUNDOFF = {np.dtype(np.float32): 2.0 ** -24, np.dtype(np.float64): 2.0 **
 # over d stay far from overflow (codes are scaled to |c'| <= 1).
 _WORK_LIMIT = {np.dtype(np.float32): 2.0 ** 64, np.dtype(np.float64): 2.0 ** 500}
 _U64 = 2.0 ** -53
+#: Engines scoring in bf16; "bf16-emulated" computes vdpbf16ps's exact results without
+#: the instruction (slow), so the path is tested on every CPU.
+BF16_ENGINES = ("bf16", "bf16-emulated")
 
 
 def _gamma(n, u):
@@ -98,7 +101,7 @@ def plan(codebook, metric, engine="fp32"):
     ----------
     codebook : ndarray of shape (n_codes, n_features), float32 or float64
     metric : {"euclidean", "cosine"}
-    engine : {"fp32", "fp64", "bf16"}
+    engine : {"fp32", "fp64", "bf16", "bf16-emulated"}
         Precision of the fast scores (see :func:`engine_for`).
 
     Notes
@@ -145,7 +148,7 @@ def plan(codebook, metric, engine="fp32"):
     coefs = np.zeros(5)
     coefs[3] = 0.0 if cosine else (2 * u + 3 * eps + gamma64) * big_c ** 2
     coefs[4] = factor * 2 * gamma64 * (1 + big_c ** 2) + tiny
-    if engine == "bf16":
+    if engine in BF16_ENGINES:
         rounded = bf16_round(scaled)
         big_r = _upward(np.sqrt(np.einsum("kd,kd->k", *(2 * [(scaled - rounded).astype(np.float64)])).max()))
         big_b = _upward(np.sqrt(np.einsum("kd,kd->k", *(2 * [rounded.astype(np.float64)])).max()))
@@ -196,15 +199,18 @@ def assign(x, codebook, metric, indices, dist, sums=None, counts=None, *, precis
     record = candidates is not None
     if not record:
         candidates = np.zeros(1, dtype=np.int32)
-    kernel = certified_assign
-    if search_plan.engine == "bf16":
-        from .kernels.search_bf16 import certified_assign_bf16 as kernel  # compiles only where HAS_BF16
     itemsize = 8 if search_plan.engine == "fp64" else 4
+    args = (x, search_plan.codebook, search_plan.mu, search_plan.scale, search_plan.metric == "cosine",
+            search_plan.operand, search_plan.bias, search_plan.coefs, search_plan.limit,
+            block_rows(n, k, d, itemsize, threads), threads, indices, dist, candidates, record, sums, counts,
+            accumulate)
     with single_threaded_blas():
-        kernel(x, search_plan.codebook, search_plan.mu, search_plan.scale, search_plan.metric == "cosine",
-               search_plan.operand, search_plan.bias, search_plan.coefs, search_plan.limit,
-               block_rows(n, k, d, itemsize, threads), threads,
-               indices, dist, candidates, record, sums, counts, accumulate)
+        if search_plan.engine in BF16_ENGINES:
+            from .kernels.search_bf16 import certified_assign_bf16
+
+            certified_assign_bf16(*args, search_plan.engine == "bf16-emulated")
+        else:
+            certified_assign(*args)
 
 
 def check_rows(x, indices):

@@ -6,14 +6,15 @@ rows and codes.  The rounding to bf16 is accounted for exactly: each row's
 bound uses the norms of its bf16 part and of its residual ``v - bf16(v)``
 (exact in float32), so rows that bf16 represents well get a tight bound.
 
-Import this module only where :data:`vqcore.kernels.bf16.HAS_BF16` holds: the
-kernel does not compile elsewhere.
+With ``emulate=False`` the kernel compiles only where
+:data:`vqcore.kernels.bf16.HAS_BF16` holds; the emulated one runs anywhere (slowly).
 """
+import numba
 import numpy as np
 from numba import prange
 
 from .._config import jit
-from .bf16 import bf16_round, dot_block, to_bf16_pairs
+from .bf16 import _dot_block_impl, bf16_round, to_bf16_pairs
 from .search import add_row_stats, finish_row, prepare_row, row_bound
 
 
@@ -32,13 +33,16 @@ def split_norms(v, rounded):
 
 @jit(parallel=True)
 def certified_assign_bf16(x, codebook, mu, scale, cosine, b_packed, bias, coefs, limit,
-                          rows, nthreads, indices, dist, candidates, record, sums, counts, accumulate):
+                          rows, nthreads, indices, dist, candidates, record, sums, counts, accumulate, emulate):
     """Certified nearest code of every row of ``x`` with bf16 scores.
 
     Parameters are those of :func:`vqcore.kernels.search.certified_assign`,
     except ``b_packed`` (``pack_codes(-2 c')``, or ``-c'`` for cosine) in place
-    of ``codes_t``; ``bias`` is float32.
+    of ``codes_t``; ``bias`` is float32; ``emulate`` (a compile-time constant)
+    replaces the instruction by its exact emulation, so CPUs without it can
+    test this path.
     """
+    numba.literally(emulate)
     n, d = x.shape
     k = codebook.shape[0]
     half = (d + 1) // 2
@@ -62,7 +66,7 @@ def certified_assign_bf16(x, codebook, mu, scale, cosine, b_packed, bias, coefs,
                     vblock[i, :] = 0  # keep the scores finite; the row is answered directly
             to_bf16_pairs(vblock, pairs)
             rounded = bf16_round(vblock)
-            dot_block(pairs, 0, m, b_packed, k, block)
+            _dot_block_impl(pairs, 0, m, b_packed, k, block, emulate)
             for i in range(m):
                 r = start + i
                 nb, nr = split_norms(vblock[i], rounded[i])
