@@ -15,7 +15,7 @@ from .codebook import EuclideanCodebook
 from .comm import check_same, resolve_comm
 from .io import register
 from .residual import (
-    MAX_POINTS_PER_CLUSTER, as_rows, batches, check_codes, check_fit_method, code_dtype, codebook_options,
+    INIT_POINTS_PER_CLUSTER, MAX_POINTS_PER_CLUSTER, as_rows, batches, check_codes, check_fit_method, code_dtype, codebook_options,
     load_kmeans_result, usage_summary,
 )
 from .search import nearest_unchecked
@@ -135,7 +135,8 @@ class ProductQuantizer:
         rows, _ = as_rows(x, self.dim)
         self._check_distributed()
         means, counts = kmeans(self._split(rows), self.codebook_size, iters=iters, init=init, seed=self.rng,
-                               comm=self.comm, max_points_per_cluster=max_points_per_cluster)
+                               comm=self.comm, max_points_per_cluster=max_points_per_cluster,
+                               init_size=INIT_POINTS_PER_CLUSTER * self.codebook_size)
         for m in range(self.num_subspaces):
             load_kmeans_result(self._codebook, m, means[m], counts[m])
         return self

@@ -31,6 +31,8 @@ CODEBOOK_DEFAULTS = dict(
 )
 #: k-means defaults of RQ/PQ training: 256 points per centroid, as faiss.
 MAX_POINTS_PER_CLUSTER = 256
+#: Seeding draws from 16 rows per code: greedy k-means++ on all rows would cost more than Lloyd.
+INIT_POINTS_PER_CLUSTER = 16
 #: Rows encoded at once by the beam search (bounds its (rows, beam, codes) scores).
 BEAM_CHUNK_ROWS = 2048
 
@@ -374,7 +376,8 @@ class ResidualQuantizer:
         rows, _ = as_rows(x, self.dim)
         self._warn_if_untrained_projections()
         self._check_distributed()
-        kwargs = dict(iters=iters, init=init, max_points_per_cluster=max_points_per_cluster)
+        kwargs = dict(iters=iters, init=init, max_points_per_cluster=max_points_per_cluster,
+                      init_size=INIT_POINTS_PER_CLUSTER * self.codebook_size)
         with tqdm(total=self.groups * self.num_quantizers * (1 + refine), disable=not progress, unit="stage",
                   leave=False) as bar:
             for g, z in enumerate(self._group_inputs(rows)):
@@ -407,7 +410,7 @@ class ResidualQuantizer:
             for i in range(self.num_quantizers):
                 embed = self._stages[g][i].embed[0]
                 target = residual + embed[codes[i]]  # the input minus every other stage's code
-                refit = {k: v for k, v in kwargs.items() if k != "init"}
+                refit = {k: v for k, v in kwargs.items() if k not in ("init", "init_size")}
                 residual, codes[i] = self._stage_kmeans(g, i, target, start=embed.copy(), **refit)
                 bar.update()
 

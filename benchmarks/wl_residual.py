@@ -1,0 +1,301 @@
+"""Residual and product quantization (issue 11): vqcore against faiss on image patches.
+
+4x4x3 patches of scikit-image's sample photographs (48 floats in [0, 1]);
+the bottom fifth of every image is held out for testing.  The train case
+times fitting (the fitted models are kept for the encode case and the
+error-against-bits curve); quality is the test MSE over the test variance.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .core import Case, Config, Impl, Target, Unavailable, evaluate, run_case
+from .peers import require
+
+NAME = "residual"
+DESCRIPTION = ("RQ (beam 1, 5), grouped RQ and PQ fit/encode vs faiss ResidualQuantizer/ProductQuantizer "
+               "on image patches; test MSE/variance against bits per vector")
+
+FULL = {"train": 65536, "test": 16384, "k": 256, "stages": 8, "groups": 2}
+QUICK = {"train": 4096, "test": 1024, "k": 16, "stages": 4, "groups": 2}
+IMAGES = ("astronaut", "coffee", "chelsea")
+PATCH = 4
+STRIDE = 2
+HELD_OUT = 0.2
+BEAMS = (1, 5)
+SEED_EPOCHS = 2
+
+
+def image_patches(quick=False, images=IMAGES, seed=0):
+    """Train and test rows (float32, 48 features in [0, 1]) from scikit-image's sample photographs.
+
+    Patches of ``PATCH x PATCH`` pixels every ``STRIDE`` pixels; a patch
+    whose rows start in the last ``HELD_OUT`` of its image is a test patch,
+    so no test pixel is seen in training.  Both sets are shuffled and cut to
+    the sizes of ``QUICK``/``FULL``.
+    """
+    data = require("skimage.data")
+    params = QUICK if quick else FULL
+    train, test = [], []
+    for name in images:
+        image = getattr(data, name)().astype(np.float32) / 255.0
+        height, width = image.shape[:2]
+        windows = np.lib.stride_tricks.sliding_window_view(image, (PATCH, PATCH), axis=(0, 1))
+        windows = windows[::STRIDE, ::STRIDE]  # (rows, cols, channels, PATCH, PATCH)
+        rows = windows.transpose(0, 1, 3, 4, 2).reshape(windows.shape[0], windows.shape[1], -1)
+        cut = int(np.ceil((height * (1 - HELD_OUT)) / STRIDE))
+        # a training patch must end above the held-out band
+        last_train = max(0, (int(height * (1 - HELD_OUT)) - PATCH) // STRIDE + 1)
+        train.append(rows[:last_train].reshape(-1, rows.shape[-1]))
+        test.append(rows[cut:].reshape(-1, rows.shape[-1]))
+    rng = np.random.default_rng(seed)
+    train, test = np.concatenate(train), np.concatenate(test)
+    train = train[rng.permutation(len(train))[:params["train"]]]
+    test = test[rng.permutation(len(test))[:params["test"]]]
+    return np.ascontiguousarray(train), np.ascontiguousarray(test)
+
+
+def relative_mse(test, reconstruction):
+    """Test MSE over the test set's variance (per element): 1.0 is predicting the mean."""
+    variance = float(test.astype(np.float64).var(axis=0).mean())
+    diff = test.astype(np.float64) - reconstruction
+    return float(np.mean(diff * diff) / variance)
+
+
+class Models:
+    """Models fitted in the train case, reused by the encode case and the curve."""
+
+    def __init__(self):
+        self.fitted = {}
+
+    def keep(self, name, model):
+        self.fitted[name] = model
+        return model
+
+    def get(self, name):
+        if name not in self.fitted:
+            raise Unavailable(f"{name} was not fitted in the train case")
+        return self.fitted[name]
+
+
+def run(config: Config) -> list[Case]:
+    """Train case, encode case, and the error-against-bits curve."""
+    params = QUICK if config.quick else FULL
+    train, test = image_patches(config.quick)
+    k, stages, groups = params["k"], params["stages"], params["groups"]
+    d = train.shape[1]
+    bits = stages * int(np.log2(k))
+    models = Models()
+    label = f"{len(train)} train / {len(test)} test patches, d={d}, {stages} x {k} codes ({bits} bits)"
+    common = {**params, "d": d, "dtype": "float32", "images": list(IMAGES)}
+
+    def quality(name, encoders):
+        def inspect(model):
+            models.keep(name, model)
+            return {key: relative_mse(test, decode()) for key, decode in encoders(model).items()}
+        return inspect
+
+    def rq_quality(model):
+        return {f"mse_beam{b}": lambda b=b: model.decode(model.encode(test, beam_size=b)) for b in BEAMS}
+
+    def faiss_quality(model):
+        return {"mse": lambda: model.decode(model.compute_codes(test))}
+
+    def vq_quality(model):
+        return {"mse": lambda: model.decode(model.encode(test))}
+
+    fit_impls = [
+        Impl("vqcore RQ", lambda: _vqcore_rq(train, k, stages, 1), quality("vqcore RQ", rq_quality)),
+        Impl(f"vqcore RQ groups={groups}", lambda: _vqcore_rq(train, k, stages // groups, groups),
+             quality(f"vqcore RQ groups={groups}", rq_quality), f"{groups} groups x {stages // groups} stages"),
+        Impl("vqcore PQ", lambda: _vqcore_pq(train, k, stages), quality("vqcore PQ", vq_quality)),
+        Impl("vqcore k-means", lambda: _vqcore_kmeans(train, k), quality("vqcore k-means", vq_quality),
+             f"one codebook of {k} codes ({int(np.log2(k))} bits)"),
+    ]
+    fit_impls += [
+        Impl(f"faiss RQ beam {b}", lambda b=b: _faiss_rq(train, k, stages, b), quality(f"faiss RQ beam {b}", faiss_quality),
+             f"max_beam_size={b} in training and encoding")
+        for b in BEAMS
+    ]
+    fit_impls += [
+        Impl("faiss PQ", lambda: _faiss_pq(train, k, stages), quality("faiss PQ", faiss_quality)),
+        Impl("seed ResidualVQ EMA", lambda: _seed_rvq(train, k, stages, config.quick),
+             quality("seed ResidualVQ EMA", lambda model: {"mse": lambda: model.decode(test)}),
+             f"vector-quantize-pytorch, {SEED_EPOCHS} epochs of batches of 1024, for reference"),
+    ]
+    fit_targets = [Target("vqcore RQ", f"faiss RQ beam {b}", 0.5, note=f"train time against faiss trained at beam {b}")
+                   for b in BEAMS]
+    fit_targets += [Target("vqcore PQ", "faiss PQ", 1.0)]
+    fit_targets += [Target("vqcore RQ", f"faiss RQ beam {b}", 1.0, key="mse_beam%d" % b,
+                           note=f"test MSE at beam {b}: vqcore beam {b} over faiss beam {b}") for b in BEAMS]
+    fit_targets += [Target("vqcore PQ", "faiss PQ", 1.02, key="mse")]
+    fit_case = Case(NAME, f"fit: {label}", {**common, "mode": "fit"}, targets=fit_targets)
+    cases = [run_case(fit_case, fit_impls, config.repeat, config.budget_s, config.threads)]
+    _copy_mse_keys(cases[0])
+
+    encode_impls = [Impl(f"vqcore RQ beam {b}", lambda b=b: _encode_rq(models.get("vqcore RQ"), test, b),
+                         lambda codes, b=b: {"mse": relative_mse(test, models.get("vqcore RQ").decode(codes))})
+                    for b in BEAMS]
+    encode_impls += [Impl(f"faiss RQ beam {b}", lambda b=b: _encode_faiss(models.get(f"faiss RQ beam {b}"), test),
+                          lambda codes, b=b: {"mse": relative_mse(test, models.get(f"faiss RQ beam {b}").decode(codes))})
+                     for b in BEAMS]
+    encode_impls += [
+        Impl("vqcore PQ", lambda: _encode_vq(models.get("vqcore PQ"), test),
+             lambda codes: {"mse": relative_mse(test, models.get("vqcore PQ").decode(codes))}),
+        Impl("faiss PQ", lambda: _encode_faiss(models.get("faiss PQ"), test),
+             lambda codes: {"mse": relative_mse(test, models.get("faiss PQ").decode(codes))}),
+    ]
+    encode_targets = [Target(f"vqcore RQ beam {b}", f"faiss RQ beam {b}", 0.5) for b in BEAMS]
+    encode_targets += [Target("vqcore PQ", "faiss PQ", 1.0)]
+    encode_case = Case(NAME, f"encode: {label}", {**common, "mode": "encode"}, targets=encode_targets)
+    cases.append(run_case(encode_case, encode_impls, config.repeat, config.budget_s, config.threads))
+    cases.append(_curve(models, train, test, k, stages, common))
+    return cases
+
+
+def _copy_mse_keys(case):
+    """faiss rows report ``mse``; copy it under ``mse_beam{b}`` so the MSE targets compare like with like."""
+    for row in case.rows:
+        for b in BEAMS:
+            if row.impl == f"faiss RQ beam {b}" and "mse" in row.extra:
+                row.extra[f"mse_beam{b}"] = row.extra["mse"]
+    case.targets = [evaluate(target, case.rows) for target in case.targets]
+
+
+def _curve(models, train, test, k, stages, common):
+    """Test MSE/variance against bits per vector for VQ, PQ, RQ and grouped RQ (a note per method)."""
+    case = Case(NAME, "MSE/variance against bits per vector", {**common, "mode": "curve"})
+    per_code = int(np.log2(k))
+    curve = {}
+    try:
+        rq = models.get("vqcore RQ")
+        curve["RQ beam 1"] = {per_code * m: relative_mse(test, rq.decode(rq.encode(test)[:, :m]))
+                              for m in range(1, stages + 1)}
+        grouped = next(model for name, model in models.fitted.items() if name.startswith("vqcore RQ groups"))
+        codes = grouped.encode(test)
+        curve[f"RQ groups={grouped.groups}"] = {
+            per_code * grouped.groups * m: relative_mse(test, grouped.decode(codes[..., :m]))
+            for m in range(1, grouped.num_quantizers + 1)}
+    except (Unavailable, StopIteration) as exc:
+        case.notes.append(f"RQ curve missing: {exc}")
+    vqcore = require("vqcore")
+    curve["PQ"] = {}
+    for subspaces in (1, 2, 4, 8, 16):
+        if subspaces * per_code > stages * per_code * 2 or train.shape[1] % subspaces:
+            continue
+        pq = vqcore.ProductQuantizer(train.shape[1], k, subspaces, seed=0).fit(train, progress=False)
+        curve["PQ"][per_code * subspaces] = relative_mse(test, pq.decode(pq.encode(test)))
+    curve["VQ"] = {}
+    for bits in range(4, per_code + 3):
+        vq = vqcore.ProductQuantizer(train.shape[1], 2 ** bits, 1, seed=0).fit(train, progress=False)
+        curve["VQ"][bits] = relative_mse(test, vq.decode(vq.encode(test)))
+    for method, points in curve.items():
+        case.notes.append(f"{method}: " + ", ".join(f"{b} bits {v:.4f}" for b, v in sorted(points.items())))
+    case.params["curve"] = {method: {str(b): v for b, v in points.items()} for method, points in curve.items()}
+    _plot(curve)
+    return case
+
+
+def _plot(curve):
+    """Save the curve as results/residual_mse_bits.png when matplotlib is installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    from pathlib import Path
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for method, points in curve.items():
+        xs = sorted(points)
+        axes.plot(xs, [points[b] for b in xs], marker="o", label=method)
+    axes.set_xlabel("bits per vector")
+    axes.set_ylabel("test MSE / variance")
+    axes.set_yscale("log")
+    axes.legend()
+    axes.set_title("4x4x3 image patches")
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(out / "residual_mse_bits.png", dpi=100)
+    plt.close(figure)
+
+
+# -- implementations: each returns the zero-argument call to time ---------------------
+def _vqcore_rq(train, k, stages, groups):
+    cls = require("vqcore", "ResidualQuantizer")
+    return lambda: cls(train.shape[1], k, stages, groups=groups, seed=0).fit(train, progress=False)
+
+
+def _vqcore_pq(train, k, subspaces):
+    cls = require("vqcore", "ProductQuantizer")
+    return lambda: cls(train.shape[1], k, subspaces, seed=0).fit(train, progress=False)
+
+
+def _vqcore_kmeans(train, k):
+    # a one-subspace product quantizer is a single k-means codebook with encode/decode
+    cls = require("vqcore", "ProductQuantizer")
+    return lambda: cls(train.shape[1], k, 1, seed=0).fit(train, progress=False)
+
+
+def _faiss_rq(train, k, stages, beam):
+    faiss = require("faiss")
+
+    def fit():
+        model = faiss.ResidualQuantizer(train.shape[1], stages, int(np.log2(k)))
+        model.max_beam_size = beam
+        model.train(train)
+        return model
+    return fit
+
+
+def _faiss_pq(train, k, subspaces):
+    faiss = require("faiss")
+
+    def fit():
+        model = faiss.ProductQuantizer(train.shape[1], subspaces, int(np.log2(k)))
+        model.train(train)
+        return model
+    return fit
+
+
+class _SeedModel:
+    """The seed's trained ResidualVQ, decoding numpy rows through its eval forward."""
+
+    def __init__(self, layer, torch):
+        self.layer, self.torch = layer, torch
+
+    def decode(self, rows):
+        with self.torch.no_grad():
+            return self.layer(self.torch.from_numpy(rows)[None])[0][0].numpy()
+
+
+def _seed_rvq(train, k, stages, quick):
+    seed = require("vector_quantize_pytorch")
+    torch = require("torch")
+
+    def fit():
+        torch.manual_seed(0)
+        layer = seed.ResidualVQ(dim=train.shape[1], num_quantizers=stages, codebook_size=k, kmeans_init=True,
+                                threshold_ema_dead_code=2).train()
+        rows = torch.from_numpy(train)
+        with torch.no_grad():
+            for _ in range(SEED_EPOCHS):
+                for start in range(0, len(rows), 1024):
+                    layer(rows[start:start + 1024][None])
+        return _SeedModel(layer.eval(), torch)
+    return fit
+
+
+def _encode_rq(model, test, beam):
+    return lambda: model.encode(test, beam_size=beam)
+
+
+def _encode_vq(model, test):
+    return lambda: model.encode(test)
+
+
+def _encode_faiss(model, test):
+    return lambda: model.compute_codes(test)
