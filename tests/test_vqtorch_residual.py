@@ -9,10 +9,12 @@ forward, so both modules see the same draws; randomised options must then agree 
 """
 import random
 import warnings
+from functools import lru_cache, partial
 
 import pytest
 import torch
 
+from tests.test_vqtorch_digits import _train as train_digits_autoencoder
 from tests.torch_reference import TOL, assert_state_equal, backends, make_input, run_pair
 from vqtorch import GroupedResidualVQ, ResidualVQ
 from vqtorch.residual import dropout_last_stage
@@ -322,3 +324,23 @@ def test_to_vqcore_encodes_and_decodes_as_eval_mode(make):
     torch.testing.assert_close(decoded, module.get_output_from_indices(indices).detach(), **TOL)
     for key, value in quantizer.state_dict().items():
         torch.testing.assert_close(torch.as_tensor(value), module.state_dict()[key].float(), rtol=0, atol=0)
+
+
+DIGITS_STEPS = 60
+
+
+@lru_cache(maxsize=1)
+def _seed_digits_curve():
+    return train_digits_autoencoder(partial(SeedResidualVQ, num_quantizers=3), {}, steps=DIGITS_STEPS)
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_digits_autoencoder_trains_like_the_seeds(backend):
+    """A residual autoencoder on scikit-learn's digits (k-means init, dead codes): the seed's curve."""
+    seed_start, seed_end = _seed_digits_curve()
+    start, end = train_digits_autoencoder(partial(ResidualVQ, num_quantizers=3), {"backend": backend},
+                                          steps=DIGITS_STEPS)
+    assert seed_end < 0.6 * seed_start  # the task is learnable in this budget
+    assert end < 0.6 * start
+    # Same random draws and the same arithmetic up to rounding: the same curve.
+    assert abs(end - seed_end) <= 1e-3 * seed_end, (end, seed_end)
