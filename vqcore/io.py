@@ -52,11 +52,13 @@ def file_kind(path):
     path = os.fspath(path)
     try:
         with np.load(path, allow_pickle=False) as data:
-            if "format" not in data.files or str(data["format"]) != FORMAT or "kind" not in data.files:
-                raise ValueError(f"{path} is not a vqcore file (no vqcore format marker)")
-            return str(data["kind"])
-    except (OSError, EOFError) as exc:
+            marked = "format" in data.files and str(data["format"]) == FORMAT and "kind" in data.files
+            kind = str(data["kind"]) if marked else None
+    except (OSError, EOFError, ValueError) as exc:
         raise ValueError(f"{path} is not a readable .npz file ({exc})") from None
+    if kind is None:
+        raise ValueError(f"{path} is not a vqcore file (no vqcore format marker)")
+    return kind
 
 
 def load(path, *, seed=None, comm=None):

@@ -505,7 +505,7 @@ class ResidualQuantizer:
             raise ValueError(f"codes need shape (..., groups={self.groups}, stages); got shape {codes.shape}")
         grouped = codes if self.groups > 1 else codes[..., None, :]
         lead = grouped.shape[:-2]
-        flat = grouped.reshape(-1, self.groups, grouped.shape[-1])
+        flat = grouped.reshape(int(np.prod(lead)), self.groups, grouped.shape[-1])
         sums = []
         for g in range(self.groups):
             embeds = self._embeds(g)
