@@ -7,6 +7,7 @@ import pytest
 import vqcore
 
 from . import naive
+from .mpi_scripts._launch import describe, mpi_available, run_mpi
 
 
 def clustered(n, d, seed=0):
@@ -268,3 +269,11 @@ def test_untrained_projections_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         vqcore.ResidualQuantizer(8, 4, 2, seed=0).fit(clustered(100, 8), iters=1, progress=False)
+
+
+@pytest.mark.skipif(not mpi_available(), reason='needs mpiexec and mpi4py: pip install "vqcore[mpi]"')
+@pytest.mark.parametrize("ranks", [1, 2, 3])
+def test_training_on_shards_equals_one_process_on_the_concatenation(ranks):
+    # RQ (plain, grouped) and PQ k-means fits and RQ EMA steps; rank 1 holds no rows
+    result = run_mpi("residual.py", ranks)
+    assert result.returncode == 0 and f"OK {ranks}" in result.stdout, describe(result)

@@ -1,0 +1,68 @@
+"""Residual and product quantizers trained on shards equal one process on the concatenation.
+
+Every rank builds the global data from a shared seed and keeps an uneven
+shard (rank 1 holds none with 2+ ranks).  k-means training (with k-means||
+seeding, subsampling and seeding from a subset all active) is compared with
+a serial fit on the whole data asking for k-means||; EMA steps with serial
+steps on the whole batch.  The results must also be identical on every rank.
+Rank 0 prints ``OK <size>`` at the end.
+"""
+import numpy as np
+
+import vqcore
+from shards import my_shard, shard_rows
+from vqcore.comm import MPIComm
+
+comm = MPIComm()
+rank, size = comm.rank, comm.size
+TOTAL, DIM = 600, 6
+ROWS = shard_rows(TOTAL, size)
+INIT = "k-means++" if size > 1 else "k-means||"  # k-means++ runs as k-means|| on several ranks
+
+
+def same_on_all_ranks(state):
+    return all(all(np.array_equal(other[key], state[key]) for key in state) for other in comm.allgather_object(state))
+
+
+def close(ours, theirs, what):
+    for key, value in theirs.items():
+        np.testing.assert_allclose(ours[key], value, rtol=1e-4, atol=1e-5, err_msg=f"{what}: {key}")
+
+
+rng = np.random.default_rng(1)
+centers = rng.standard_normal((6, DIM)) * 8
+x = (centers[rng.integers(0, 6, TOTAL)] + rng.standard_normal((TOTAL, DIM))).astype(np.float32)
+mine = my_shard(x, ROWS, rank)
+fit = dict(iters=4, progress=False, max_points_per_cluster=40)
+
+# RQ-KMeans, plain and grouped
+for groups in (1, 2):
+    serial = vqcore.ResidualQuantizer(DIM, 8, 2, groups=groups, seed=0).fit(x, init="k-means||", **fit)
+    ours = vqcore.ResidualQuantizer(DIM, 8, 2, groups=groups, seed=0, comm=comm).fit(mine, init=INIT, **fit)
+    close(ours.state_dict(), serial.state_dict(), f"RQ groups={groups}")
+    assert same_on_all_ranks(ours.state_dict())
+    want = serial.score(x)
+    got = ours.score(mine)
+    np.testing.assert_allclose(got["mse_per_stage"], want["mse_per_stage"], rtol=1e-4)
+
+# PQ: one batched k-means over the subspaces
+serial = vqcore.ProductQuantizer(DIM, 8, 3, seed=0).fit(x, init="k-means||", **fit)
+ours = vqcore.ProductQuantizer(DIM, 8, 3, seed=0, comm=comm).fit(mine, init=INIT, **fit)
+close(ours.state_dict(), serial.state_dict(), "PQ")
+assert same_on_all_ranks(ours.state_dict())
+np.testing.assert_allclose(ours.score(mine)["mse"], serial.score(x)["mse"], rtol=1e-4)
+
+# EMA steps of every stage: the seed's ResidualVQ training, codebook side
+serial = vqcore.ResidualQuantizer(DIM, 8, 3, seed=2, decay=0.7)
+ours = vqcore.ResidualQuantizer(DIM, 8, 3, seed=2, decay=0.7, comm=comm)
+for step in range(3):
+    batch = x[::-1] * (1 + 0.1 * step)
+    _, want = serial.partial_fit(batch)
+    _, got = ours.partial_fit(my_shard(batch, ROWS, rank))
+    np.testing.assert_array_equal(got, my_shard(want, ROWS, rank))
+    close(ours.state_dict(), serial.state_dict(), f"EMA step {step}")
+    assert same_on_all_ranks(ours.state_dict())
+
+comm.free()
+if rank == 0:
+    print("OK", size)
