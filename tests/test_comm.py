@@ -9,8 +9,9 @@ import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from vqcore import _threads
+from vqcore.sampling import sample_vectors_distributed
 from vqcore.comm import (
-    Communicator, MPIComm, SerialComm, check_same, resolve_comm, sample_vectors_distributed,
+    Communicator, MPIComm, SerialComm, check_same, resolve_comm,
 )
 
 REPO = Path(__file__).resolve().parents[1]

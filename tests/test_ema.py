@@ -95,7 +95,7 @@ def test_expire_codes_replaces_only_dead_codes():
     cluster_size = np.array([[5.0, 0.5, 3.0, 0.1, 2.0]], np.float32)
     samples = rng.standard_normal((1, 40, 3)).astype(np.float32)
     before = embed.copy()
-    expired = ema.expire_codes_(embed, embed_avg, cluster_size, samples, threshold=1.0, reset_cluster_size=2.5,
+    expired = ema.expire_codes_(cluster_size, embed_avg, embed, samples, threshold=1.0, reset_cluster_size=2.5,
                                 rng=np.random.default_rng(0))
     np.testing.assert_array_equal(expired, [[False, True, False, True, False]])
     np.testing.assert_array_equal(embed[0, ~expired[0]], before[0, ~expired[0]])
@@ -103,7 +103,7 @@ def test_expire_codes_replaces_only_dead_codes():
     assert all(tuple(r) in rows for r in embed[0, expired[0]])
     np.testing.assert_array_equal(cluster_size[0, expired[0]], 2.5)
     np.testing.assert_allclose(embed_avg[0, expired[0]], embed[0, expired[0]] * 2.5)
-    off = ema.expire_codes_(embed, embed_avg, cluster_size * 0, samples, threshold=0, reset_cluster_size=1,
+    off = ema.expire_codes_(cluster_size * 0, embed_avg, embed, samples, threshold=0, reset_cluster_size=1,
                             rng=np.random.default_rng(0))
     assert not off.any()
 

@@ -3,8 +3,8 @@ from . import ema
 from .cluster import kmeans
 from .codebook import CosineSimCodebook, EuclideanCodebook
 from ._threads import configure_threads
-from .comm import Communicator, MPIComm, SerialComm, check_same, sample_vectors_distributed
-from .sampling import gumbel_sample, sample_multinomial, sample_vectors
+from .comm import Communicator, MPIComm, SerialComm, check_same
+from .sampling import gumbel_sample, sample_multinomial, sample_vectors, sample_vectors_distributed
 from .quantizer import VectorQuantizer
 from .residual import ResidualQuantizer
 from .product import ProductQuantizer

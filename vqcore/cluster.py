@@ -6,9 +6,10 @@ import warnings
 import numpy as np
 
 from . import _validate
-from ._config import num_threads
 from .comm import check_same, resolve_comm
-from .sampling import sample_vectors
+from .ema import per_set_statistics
+from .linalg import l2_normalize
+from .sampling import sample_vectors, sample_vectors_distributed
 from .search import assign
 
 __all__ = ["kmeans", "kmeans_plusplus"]
@@ -16,17 +17,9 @@ __all__ = ["kmeans", "kmeans_plusplus"]
 INITS = ("random", "k-means++", "k-means||")
 
 
-def l2_normalize(x, axis=-1):
-    """Scale rows to unit L2 norm (``F.normalize``: norms clamped at 1e-12)."""
-    norm = np.sqrt(np.einsum("...d,...d->...", x, x))[..., None]
-    return x / np.maximum(norm, 1e-12).astype(x.dtype)
-
-
 def initial_means(x, num_clusters, rng, comm):
     """Random rows of ``x`` (c, n, d), drawn across ranks when distributed."""
     if comm.size > 1:
-        from .comm import sample_vectors_distributed
-
         return np.stack([sample_vectors_distributed(part, num_clusters, rng, comm) for part in x])
     return np.stack([sample_vectors(part, num_clusters, rng) for part in x])
 
@@ -37,18 +30,13 @@ def lloyd_statistics(x, means, metric, comm):
     Returns ``(counts (c, k) float64, sums (c, k, d) float64)``.
     """
     c, n, d = x.shape
-    k = means.shape[1]
-    threads = num_threads()
-    # counts travel in the last column so one all-reduce carries both.
-    stats = np.zeros((c, k, d + 1))
     indices = np.empty(n, dtype=np.int64)
-    best = np.empty(n)  # the search's float64 distance of each row's code
-    for h in range(c):
-        sums = np.zeros((threads, k, d))
-        counts = np.zeros((threads, k))
-        assign(x[h], means[h], metric, indices, best, sums, counts)
-        stats[h, :, :d] = sums.sum(axis=0)
-        stats[h, :, d] = counts.sum(axis=0)
+    dist = np.empty(n)
+
+    def fill(h, sums, counts):
+        assign(x[h], means[h], metric, indices, dist, sums, counts)
+
+    stats = per_set_statistics(c, means.shape[1], d, fill)
     comm.allreduce_sum_(stats)
     return stats[..., d], stats[..., :d]
 

@@ -8,19 +8,16 @@ many.
 The protocol is small on purpose (see :class:`Communicator`); ``SerialComm`` is
 the default and imports no MPI; :class:`MPIComm` wraps mpi4py, which is imported
 only when an ``MPIComm`` is built, so ``import vqcore`` never starts MPI.
-:func:`sample_vectors_distributed` draws the same random rows on every rank
-from data spread over ranks (k-means seeding, dead-code replacement).
+:func:`vqcore.sampling.sample_vectors_distributed` draws the same random rows
+on every rank from data spread over ranks (k-means seeding, dead-code replacement).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from . import _validate
-from .sampling import sample_multinomial, sample_vectors
 
-__all__ = [
-    "Communicator", "SerialComm", "MPIComm", "resolve_comm", "check_same", "sample_vectors_distributed",
-]
+__all__ = ["Communicator", "SerialComm", "MPIComm", "resolve_comm", "check_same"]
 
 
 class Communicator:
@@ -165,81 +162,6 @@ def check_gather_headers(headers):
                 "all ranks must agree on everything but the number of rows"
             )
     return [h[0] for h in headers]
-
-
-def sample_vectors_distributed(local_samples, num, rng=None, comm=None):
-    """Draw ``num`` vectors from the union of every rank's ``local_samples``.
-
-    The seed's ``sample_vectors_distributed``: rank 0 splits ``num`` over the
-    ranks in proportion to their row counts (:func:`vqcore.sample_multinomial`,
-    a chain of binomials) and broadcasts the split; every rank draws its share
-    locally (:func:`vqcore.sample_vectors`); one all-gather puts the picks
-    together in rank order, so every rank returns the same array.
-
-    Parameters
-    ----------
-    local_samples : array_like of shape (n_local, d) or (c, n_local, d)
-        This rank's vectors (per codebook set ``c``); ``n_local`` may differ
-        between ranks and may be zero.
-    num : int
-        Vectors to draw per codebook set; the same on every rank.
-    rng : numpy.random.Generator, int or None
-        This rank's randomness: rank 0's draws the split, every rank draws
-        its local picks from its own.
-    comm : Communicator, optional
-        Default: one process, where this is :func:`vqcore.sample_vectors`.
-
-    Returns
-    -------
-    numpy.ndarray of shape (num, d) or (c, num, d)
-        Identical on every rank.  A rank draws distinct rows when it holds at
-        least as many as it contributes, else with replacement (as the seed).
-
-    Raises
-    ------
-    ValueError
-        On every rank, if ``num`` or ``c`` differs between ranks, or if no rank
-        holds a vector while ``num > 0``.
-    """
-    comm = resolve_comm(comm)
-    x = np.asarray(local_samples)
-    if x.ndim not in (2, 3):
-        raise ValueError(f"local_samples must have shape (n, d) or (c, n, d); got shape {x.shape}")
-    num = _validate.positive_int("num", num, minimum=0)
-    rng = _validate.rng(rng)
-    batched = x if x.ndim == 3 else x[None]
-    c, n_local = batched.shape[:2]
-
-    headers = comm.allgather_object((num, c, n_local))
-    for rank, (their_num, their_c, _) in enumerate(headers):
-        if (their_num, their_c) != (headers[0][0], headers[0][1]):
-            raise ValueError(
-                f"sample_vectors_distributed: rank 0 asks for num={headers[0][0]} from c={headers[0][1]} "
-                f"codebook sets, rank {rank} for num={their_num} from c={their_c}; "
-                "every rank must pass the same num and c"
-            )
-    rows = np.array([h[2] for h in headers])
-    if num > 0 and rows.sum() == 0:
-        raise ValueError(f"cannot draw num={num} vectors: every rank holds zero vectors")
-
-    # per_rank[j, r]: how many vectors rank r contributes to codebook set j.
-    per_rank = np.zeros((c, comm.size), dtype=np.int64)
-    if comm.rank == 0 and num > 0:
-        for j in range(c):
-            per_rank[j] = sample_multinomial(num, rows, rng)
-    comm.bcast_(per_rank, root=0)
-
-    local = np.concatenate([sample_vectors(batched[j], int(per_rank[j, comm.rank]), rng) for j in range(c)])
-    gathered = comm.allgatherv(local)
-
-    # gathered is rank-major (rank 0's picks for set 0, 1, ..., then rank 1's); regroup by set.
-    offsets = np.concatenate(([0], np.cumsum(per_rank.T.ravel())))
-    out = np.empty((c, num) + batched.shape[2:], dtype=x.dtype)
-    for j in range(c):
-        out[j] = np.concatenate(
-            [gathered[offsets[r * c + j]:offsets[r * c + j + 1]] for r in range(comm.size)]
-        )
-    return out if x.ndim == 3 else out[0]
 
 
 _MPI_DTYPES = (np.float32, np.float64, np.int32, np.int64)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import numpy as np
 
 from ._config import num_threads
-from .cluster import l2_normalize
 from .comm import resolve_comm
 from .kernels.stats import segment_sums
-from .sampling import sample_vectors
+from .linalg import l2_normalize
+from .sampling import sample_vectors, sample_vectors_distributed
 
 __all__ = [
     "cluster_stats",
+    "per_set_statistics",
     "ema_update_",
     "laplace_smoothing",
     "expire_codes_",
@@ -26,7 +27,6 @@ __all__ = [
     "affine_to_codebook",
 ]
 
-_NO_MASK = np.zeros(0, dtype=np.bool_)
 # The seed clamps variances here before taking square roots.
 VARIANCE_FLOOR = 1e-5
 
@@ -51,17 +51,38 @@ def cluster_stats(x, indices, num_codes, *, mask=None, comm=None):
     """
     comm = resolve_comm(comm)
     c, n, d = x.shape
-    threads = num_threads()
-    stats = np.zeros((c, num_codes, d + 1))  # counts ride in the last column
-    for h in range(c):
-        sums = np.zeros((threads, num_codes, d))
-        counts = np.zeros((threads, num_codes))
-        row_mask = _NO_MASK if mask is None else np.ascontiguousarray(mask[h])
-        segment_sums(np.ascontiguousarray(x[h]), np.ascontiguousarray(indices[h]), row_mask, threads, sums, counts)
-        stats[h, :, :d] = sums.sum(axis=0)
-        stats[h, :, d] = counts.sum(axis=0)
+
+    def fill(h, sums, counts):
+        use_mask = mask is not None
+        row_mask = np.ascontiguousarray(mask[h]) if use_mask else np.ones(1, dtype=np.bool_)
+        segment_sums(np.ascontiguousarray(x[h]), np.ascontiguousarray(indices[h]), row_mask, use_mask,
+                     sums.shape[0], sums, counts)
+
+    stats = per_set_statistics(c, num_codes, d, fill)
     comm.allreduce_sum_(stats)
     return stats[..., d].astype(np.float32), stats[..., :d].astype(np.float32)
+
+
+def per_set_statistics(c, k, d, fill):
+    """Per-code sums and counts of ``c`` sets in one all-reducible float64 buffer ``(c, k, d + 1)``.
+
+    ``fill(h, sums, counts)`` accumulates set ``h`` into zeroed per-thread
+    slabs ``sums (threads, k, d)`` and ``counts (threads, k)`` (one slab per
+    thread, so threads never write the same memory); the slabs are allocated
+    once per call and summed into the buffer, whose last column holds the
+    counts so one all-reduce carries both.
+    """
+    threads = num_threads()
+    stats = np.zeros((c, k, d + 1))
+    sums = np.empty((threads, k, d))
+    counts = np.empty((threads, k))
+    for h in range(c):
+        sums.fill(0.0)
+        counts.fill(0.0)
+        fill(h, sums, counts)
+        stats[h, :, :d] = sums.sum(axis=0)
+        stats[h, :, d] = counts.sum(axis=0)
+    return stats
 
 
 def _lerp_(old, new, weight):
@@ -99,13 +120,16 @@ def ema_update_(cluster_size, embed_avg, embed, counts, sums, *, decay, eps, cos
     embed[...] = normalized
 
 
-def expire_codes_(embed, embed_avg, cluster_size, samples, *, threshold, reset_cluster_size, rng, cosine=False, comm=None):
+def expire_codes_(cluster_size, embed_avg, embed, samples, *, threshold, reset_cluster_size, rng, cosine=False,
+                  comm=None):
     """Replace codes whose EMA size fell below ``threshold`` by random batch vectors.
+
+    The in-place state comes first, in the order of :func:`ema_update_`.
 
     Parameters
     ----------
-    embed, embed_avg : ndarray of shape (n_codebooks, k, d)   # INOUT
     cluster_size : ndarray of shape (n_codebooks, k)          # INOUT
+    embed_avg, embed : ndarray of shape (n_codebooks, k, d)   # INOUT
     samples : ndarray of shape (n_codebooks, m, d)
         The batch (unmasked, before any affine transform, as in the seed).
     threshold : float
@@ -135,8 +159,6 @@ def expire_codes_(embed, embed_avg, cluster_size, samples, *, threshold, reset_c
         if count == 0:
             continue
         if comm.size > 1:
-            from .comm import sample_vectors_distributed
-
             new = sample_vectors_distributed(samples[h], count, rng, comm)
         else:
             new = sample_vectors(samples[h], count, rng)

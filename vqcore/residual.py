@@ -13,10 +13,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _validate
-from .cluster import kmeans, l2_normalize
+from .cluster import kmeans
 from .codebook import CosineSimCodebook, EuclideanCodebook
 from .comm import check_same, resolve_comm
 from .io import register
+from .linalg import l2_normalize
 from .quantizer import linear_init
 from .search import nearest_unchecked
 from .state import check_state, read_npz, to_numpy, write_npz

@@ -12,7 +12,8 @@ import numpy as np
 from mpi4py import MPI
 
 from shards import expect_error, my_shard, shard_rows
-from vqcore.comm import MPIComm, check_same, sample_vectors_distributed
+from vqcore.comm import MPIComm, check_same
+from vqcore.sampling import sample_vectors_distributed
 
 comm = MPIComm()
 rank, size = comm.rank, comm.size

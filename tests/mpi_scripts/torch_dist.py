@@ -12,7 +12,8 @@ import torch
 import torch.distributed as dist
 
 import vqcore
-from vqcore.comm import check_same, sample_vectors_distributed
+from vqcore.comm import check_same
+from vqcore.sampling import sample_vectors_distributed
 from shards import expect_error, my_shard, shard_rows
 from vqtorch.distributed import TorchDistComm, default_comm
 
