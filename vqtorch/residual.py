@@ -25,13 +25,14 @@ from torch import nn
 from .layer import VectorQuantize
 
 __all__ = ["ResidualVQ", "GroupedResidualVQ", "ResidualBase", "GroupedBase", "dropout_last_stage",
-           "residual_loop", "check_dropout_options"]
+           "residual_loop", "check_dropout_options", "check_int", "export_to_vqcore"]
 
 # The seed's GroupedResidual* draw one seed per call with random.randint(0, 1e7).
 _GROUP_SEED_HIGH = 10 ** 7
 
 
-def _check_int(name, value, minimum):
+def check_int(name, value, minimum):
+    """Raise a TypeError unless ``value`` is an int (not a bool), a ValueError if it is below ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__}).")
     if value < minimum:
@@ -46,9 +47,9 @@ def check_dropout_options(num_quantizers, quantize_dropout, cutoff_index, multip
     TypeError, ValueError
         Naming the option and the fix.
     """
-    _check_int("num_quantizers", num_quantizers, 1)
-    _check_int("quantize_dropout_cutoff_index", cutoff_index, 0)
-    _check_int("quantize_dropout_multiple_of", multiple_of, 1)
+    check_int("num_quantizers", num_quantizers, 1)
+    check_int("quantize_dropout_cutoff_index", cutoff_index, 0)
+    check_int("quantize_dropout_multiple_of", multiple_of, 1)
     if quantize_dropout and num_quantizers > 1 and cutoff_index >= num_quantizers:
         raise ValueError(
             f"quantize_dropout_cutoff_index={cutoff_index} must be < num_quantizers={num_quantizers}: "
@@ -286,14 +287,14 @@ class ResidualVQ(ResidualBase):
                  quantize_dropout=False, quantize_dropout_cutoff_index=0, quantize_dropout_multiple_of=1,
                  accept_image_fmap=False, **kwargs):
         super().__init__()
-        _check_int("dim", dim, 1)
+        check_int("dim", dim, 1)
         if heads != 1:
             raise ValueError(f"heads={heads}: residual vq is not compatible with multi-headed codes; pass heads=1 "
                              "(or use VectorQuantize for multi-headed codes).")
         self._init_dropout(num_quantizers, quantize_dropout, quantize_dropout_cutoff_index,
                            quantize_dropout_multiple_of)
         codebook_dim = dim if codebook_dim is None else codebook_dim
-        _check_int("codebook_dim", codebook_dim, 1)
+        check_int("codebook_dim", codebook_dim, 1)
         self.has_projections = codebook_dim != dim
         if self.has_projections and (accept_image_fmap or not kwargs.get("channel_last", True)):
             raise ValueError(
@@ -382,8 +383,8 @@ class GroupedBase(nn.Module):
 
     def __init__(self, *, dim, groups=1, accept_image_fmap=False, **kwargs):
         super().__init__()
-        _check_int("dim", dim, 1)
-        _check_int("groups", groups, 1)
+        check_int("dim", dim, 1)
+        check_int("groups", groups, 1)
         if dim % groups:
             raise ValueError(f"groups={groups} must divide dim={dim}: pick a divisor of dim.")
         self.dim = dim

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .fsq import FSQ, check_levels, no_cuda_autocast
-from .residual import GroupedBase, ResidualBase, _check_int, residual_loop
+from .residual import GroupedBase, ResidualBase, check_int, residual_loop
 
 __all__ = ["ResidualFSQ", "GroupedResidualFSQ"]
 
@@ -41,7 +41,7 @@ class ResidualFSQ(ResidualBase):
     def __init__(self, *, dim, levels, num_quantizers, quantize_dropout=False, quantize_dropout_cutoff_index=0,
                  quantize_dropout_multiple_of=1, **kwargs):
         super().__init__()
-        _check_int("dim", dim, 1)
+        check_int("dim", dim, 1)
         levels = check_levels(levels)
         self._init_dropout(num_quantizers, quantize_dropout, quantize_dropout_cutoff_index,
                            quantize_dropout_multiple_of)

@@ -13,7 +13,7 @@ from torch import nn
 
 from .fsq import no_cuda_autocast
 from .lfq import LFQ
-from .residual import GroupedBase, ResidualBase, _check_int, residual_loop
+from .residual import GroupedBase, ResidualBase, check_int, residual_loop
 
 __all__ = ["ResidualLFQ", "GroupedResidualLFQ"]
 
@@ -45,8 +45,8 @@ class ResidualLFQ(ResidualBase):
     def __init__(self, *, dim, codebook_size, num_quantizers, quantize_dropout=False,
                  quantize_dropout_cutoff_index=0, quantize_dropout_multiple_of=1, **kwargs):
         super().__init__()
-        _check_int("dim", dim, 1)
-        _check_int("codebook_size", codebook_size, 2)
+        check_int("dim", dim, 1)
+        check_int("codebook_size", codebook_size, 2)
         if codebook_size & (codebook_size - 1):
             raise ValueError(f"codebook_size={codebook_size} must be a power of 2 for lookup-free quantization; "
                              f"use {1 << codebook_size.bit_length()}.")
