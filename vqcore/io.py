@@ -94,3 +94,41 @@ def _register_builtin():
     from .quantizer import VectorQuantizer
 
     register("VectorQuantizer")(VectorQuantizer)
+
+
+def write_rows(path, rows, *, comm=None, overwrite=False):
+    """Write every rank's ``rows``, in rank order, into one ``.npy`` file, atomically.
+
+    A collective call (each rank passes its own rows; their concatenation is
+    written, byte for byte as ``np.save`` would).  Rank 0 creates the file at
+    its final size under a temporary name; every rank writes its rows at its
+    offset; when all succeeded, rank 0 renames it onto ``path``.  If any rank
+    fails, nothing is published and every rank raises.  See
+    :func:`vqcore.state.open_rows_writer` for the temporary-file rules.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    rows : array_like, shape (n_rank, ...)
+        This rank's rows (``n_rank`` may be 0); every rank gives the same
+        trailing shape and dtype.
+    comm : vqcore.comm.Communicator, optional
+        None: one process, the file is ``np.save(path, rows)`` written atomically.
+    overwrite : bool
+        Replace an existing ``path`` (keeping its permissions).
+
+    Raises
+    ------
+    ValueError
+        ``rows`` is 0-d, ranks disagree on trailing shape or dtype, or another
+        rank failed (:class:`vqcore.state.OtherRankFailed`).
+    FileExistsError
+        ``path`` exists and ``overwrite`` is False.
+    """
+    from .state import open_rows_writer
+
+    rows = np.asarray(rows)
+    if rows.ndim == 0:
+        raise ValueError("rows must have at least one axis (one entry per row); got a single value")
+    with open_rows_writer(path, len(rows), rows.shape[1:], rows.dtype, comm=comm, overwrite=overwrite) as out:
+        out.write(0, rows)

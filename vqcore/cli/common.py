@@ -50,13 +50,42 @@ def add_common(parser):
 
 
 def load_quantizer(path):
-    """Any vqcore quantizer file, by its kind; file problems become :class:`data.InputError`."""
+    """Any vqcore quantizer file, by its kind; file problems become :class:`data.InputError`.
+
+    The file is first opened with the strict reader (headers and sizes only),
+    so a damaged, hostile or wrong file is refused before anything is read.
+    """
     from ..io import load
+    from ..state import VqcoreFile
 
     if not os.path.exists(path):
         raise data.InputError(path, "no such file")
     try:
+        VqcoreFile(path).close()
         return load(path)
     except (ValueError, TypeError, OSError, KeyError) as exc:
         message = str(exc)
         raise data.InputError(path, message.removeprefix(f"{path}: ").removeprefix(f"{path} ")) from None
+
+
+def code_shape(quantizer):
+    """Shape of one vector's codes: the quantizer's ``code_shape``, or derived from its attributes."""
+    shape = getattr(quantizer, "code_shape", None)
+    if shape is not None:
+        return tuple(shape)
+    if hasattr(quantizer, "num_subspaces"):  # ProductQuantizer
+        return (quantizer.num_subspaces,)
+    if hasattr(quantizer, "num_quantizers"):  # ResidualQuantizer
+        groups = getattr(quantizer, "groups", 1)
+        return (quantizer.num_quantizers,) if groups == 1 else (groups, quantizer.num_quantizers)
+    return ()
+
+
+def human_bytes(count):
+    """``1536`` -> ``"1.5 kB"`` (powers of 1000, as file managers show)."""
+    value = float(count)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.3g} {unit}"
+        value /= 1000
+    return f"{count} B"
