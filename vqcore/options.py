@@ -8,12 +8,13 @@ raises the same kind of message: the option, the value, what is allowed.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Optional, Union
 
-__all__ = ["VQOptions", "check", "option_docs", "KMEANS_INITS"]
+__all__ = ["VQOptions", "check", "option_docs", "options_signature", "KMEANS_INITS"]
 
 #: What ``kmeans_init`` accepts besides False: the seed's random rows, or k-means++.
 KMEANS_INITS = ("random", "k-means++")
@@ -48,7 +49,7 @@ def real(low=-math.inf, high=math.inf, *, low_open=False, optional=False):
         value = float(value)
         below = value <= low if low_open else value < low
         if not math.isfinite(value) or below or value > high:
-            bounds = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+            bounds = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high == math.inf else ']'}"
             _fail(name, value, f"a finite number in {bounds}")
         return value
     return check_real
@@ -164,3 +165,12 @@ def check(name, value, options_class=VQOptions):
 def option_docs(options_class=VQOptions):
     """``{name: one-line doc}`` of every option, for docstrings and ``--help``."""
     return {f.name: f.metadata.get("doc", "") for f in fields(options_class)}
+
+
+def options_signature(options_class, *, first, extra=()):
+    """An ``inspect.Signature``: ``first`` positional names, then every option and ``extra`` as keywords."""
+    positional = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in first]
+    keywords = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default)
+                for f in fields(options_class) if f.name not in first]
+    keywords += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default) for name, default in extra]
+    return inspect.Signature(positional + keywords)

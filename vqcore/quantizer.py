@@ -15,16 +15,18 @@ from tqdm.auto import tqdm
 from . import _validate, metrics
 from .codebook import CosineSimCodebook, EuclideanCodebook
 from .comm import check_same, resolve_comm
+from .layout import HeadLayout
 from .linalg import l2_normalize
+from .options import VQOptions, options_signature
 from .state import check_state, read_npz, to_numpy, write_npz
 
 __all__ = ["VectorQuantizer"]
 
-CONFIG_KEYS = (
-    "dim", "codebook_size", "codebook_dim", "heads", "separate_codebook_per_head", "use_cosine_sim",
-    "decay", "eps", "kmeans_init", "kmeans_iters", "threshold_ema_dead_code", "reset_cluster_size",
-    "affine_param", "affine_param_batch_decay", "affine_param_codebook_decay", "sync_kmeans",
-    "sync_affine_param", "stochastic_sample_codes", "sample_codebook_temp", "ema_update",
+#: Options handed to the codebook (the rest shape the layout and projections).
+CODEBOOK_OPTIONS = (
+    "kmeans_init", "kmeans_iters", "decay", "eps", "threshold_ema_dead_code", "reset_cluster_size",
+    "ema_update", "affine_param", "affine_param_batch_decay", "affine_param_codebook_decay",
+    "sync_affine_param", "sync_kmeans", "stochastic_sample_codes", "sample_codebook_temp",
 )
 
 
@@ -76,75 +78,43 @@ class VectorQuantizer:
     (256, 8)
     """
 
-    def __init__(
-        self,
-        dim,
-        codebook_size,
-        *,
-        codebook_dim=None,
-        heads=1,
-        separate_codebook_per_head=False,
-        use_cosine_sim=False,
-        decay=0.8,
-        eps=1e-5,
-        kmeans_init=False,
-        kmeans_iters=10,
-        threshold_ema_dead_code=0,
-        reset_cluster_size=None,
-        affine_param=False,
-        affine_param_batch_decay=0.99,
-        affine_param_codebook_decay=0.9,
-        sync_kmeans=True,
-        sync_affine_param=False,
-        stochastic_sample_codes=False,
-        sample_codebook_temp=1.0,
-        ema_update=True,
-        seed=None,
-        comm=None,
-    ):
-        self.dim = _validate.positive_int("dim", dim)
-        self.heads = _validate.positive_int("heads", heads)
-        self.codebook_dim = self.dim if codebook_dim is None else _validate.positive_int("codebook_dim", codebook_dim)
-        self.codebook_size = _validate.positive_int("codebook_size", codebook_size)
-        self.separate_codebook_per_head = bool(separate_codebook_per_head)
-        self.use_cosine_sim = bool(use_cosine_sim)
-        if affine_param and use_cosine_sim:
-            raise ValueError("affine_param=True works only with the euclidean codebook; set use_cosine_sim=False")
+    def __init__(self, dim, codebook_size, *, seed=None, comm=None, **options):
+        known = set(VQOptions.option_names())
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"VectorQuantizer got unknown options {unknown}; the options are {sorted(known)}")
+        self.options = VQOptions(dim=dim, codebook_size=codebook_size, **options)
         self.comm = resolve_comm(comm)
         self.rng = _validate.rng(seed)
-        self._config = dict(
-            dim=self.dim, codebook_size=self.codebook_size, codebook_dim=codebook_dim, heads=self.heads,
-            separate_codebook_per_head=self.separate_codebook_per_head, use_cosine_sim=self.use_cosine_sim,
-            decay=decay, eps=eps, kmeans_init=kmeans_init, kmeans_iters=kmeans_iters,
-            threshold_ema_dead_code=threshold_ema_dead_code, reset_cluster_size=reset_cluster_size,
-            affine_param=affine_param, affine_param_batch_decay=affine_param_batch_decay,
-            affine_param_codebook_decay=affine_param_codebook_decay, sync_kmeans=sync_kmeans,
-            sync_affine_param=sync_affine_param, stochastic_sample_codes=stochastic_sample_codes,
-            sample_codebook_temp=sample_codebook_temp, ema_update=ema_update,
-        )
-        codebook_class = CosineSimCodebook if self.use_cosine_sim else EuclideanCodebook
+        opts = self.options
+        self.layout = HeadLayout(opts.heads, opts.separate_codebook_per_head)
+        codebook_class = CosineSimCodebook if opts.use_cosine_sim else EuclideanCodebook
         self._codebook = codebook_class(
-            self.codebook_dim, self.codebook_size,
-            num_codebooks=self.heads if self.separate_codebook_per_head else 1,
-            kmeans_init=kmeans_init, kmeans_iters=kmeans_iters, decay=decay, eps=eps,
-            threshold_ema_dead_code=threshold_ema_dead_code, reset_cluster_size=reset_cluster_size,
-            ema_update=ema_update, affine_param=affine_param, affine_param_batch_decay=affine_param_batch_decay,
-            affine_param_codebook_decay=affine_param_codebook_decay, sync_affine_param=sync_affine_param,
-            sync_kmeans=sync_kmeans, stochastic_sample_codes=stochastic_sample_codes,
-            sample_codebook_temp=sample_codebook_temp, seed=self.rng, comm=self.comm,
+            opts.effective_codebook_dim, opts.codebook_size, num_codebooks=opts.num_codebooks,
+            **{name: getattr(opts, name) for name in CODEBOOK_OPTIONS}, seed=self.rng, comm=self.comm,
         )
-        inner = self.codebook_dim * self.heads
-        self.has_projections = inner != self.dim
-        self.project_in = linear_init(self.rng, inner, self.dim) if self.has_projections else None
-        self.project_out = linear_init(self.rng, self.dim, inner) if self.has_projections else None
+        inner = opts.effective_codebook_dim * opts.heads
+        self.project_in = linear_init(self.rng, inner, opts.dim) if opts.has_projections else None
+        self.project_out = linear_init(self.rng, opts.dim, inner) if opts.has_projections else None
         self._projections_trained = False
         self._options_checked = False
+
+    # -- the options, read-only -------------------------------------------------
+    dim = property(lambda self: self.options.dim, doc="Feature dimension of the input.")
+    codebook_size = property(lambda self: self.options.codebook_size, doc="Codes per codebook.")
+    codebook_dim = property(lambda self: self.options.effective_codebook_dim, doc="Dimension of one code.")
+    heads = property(lambda self: self.options.heads, doc="Parts each vector is split into.")
+    separate_codebook_per_head = property(lambda self: self.options.separate_codebook_per_head,
+                                          doc="One codebook per head.")
+    use_cosine_sim = property(lambda self: self.options.use_cosine_sim, doc="Cosine codebook.")
+    has_projections = property(lambda self: self.options.has_projections,
+                               doc="Inputs are projected into the codebook space and back.")
 
     # -- configuration ------------------------------------------------------
     @property
     def config(self):
-        """The constructor arguments (without ``seed``/``comm``), as saved by :meth:`save`."""
-        return dict(self._config)
+        """The options as a dict (the constructor arguments without ``seed``/``comm``), as saved by :meth:`save`."""
+        return self.options.to_dict()
 
     @property
     def code_shape(self):
@@ -183,58 +153,25 @@ class VectorQuantizer:
         weight, bias = params
         return (x3.astype(np.float32, copy=False) @ weight.T + bias).astype(np.float32)
 
-    def _to_codebook_layout(self, z):
-        """(b, n, heads * d) -> (c, N, d): the seed's 'h b n d' or '1 (b h) n d', flattened."""
-        b, n, _ = z.shape
-        h, d = self.heads, self.codebook_dim
-        z4 = z.reshape(b, n, h, d)
-        if self.separate_codebook_per_head:
-            return np.ascontiguousarray(z4.transpose(2, 0, 1, 3)).reshape(h, b * n, d)
-        return np.ascontiguousarray(z4.transpose(0, 2, 1, 3)).reshape(1, b * h * n, d)
-
-    def _from_codebook_layout(self, q, b, n):
-        h, d = self.heads, q.shape[-1]
-        if self.separate_codebook_per_head:
-            return q.reshape(h, b, n, d).transpose(1, 2, 0, 3).reshape(b, n, h * d)
-        return q.reshape(b, h, n, d).transpose(0, 2, 1, 3).reshape(b, n, h * d)
-
-    def _indices_layout(self, indices, b, n, only_one):
-        h = self.heads
-        if h == 1:
-            out = indices.reshape(b, n)
-        elif self.separate_codebook_per_head:
-            out = indices.reshape(h, b, n).transpose(1, 2, 0)
-        else:
-            out = indices.reshape(b, h, n).transpose(0, 2, 1)
-        return np.ascontiguousarray(out[:, 0] if only_one else out)
-
-    def _mask_layout(self, mask):
-        if mask is None:
-            return None
-        b, n = mask.shape
-        h = self.heads
-        if self.separate_codebook_per_head:
-            return np.broadcast_to(mask.reshape(1, b * n), (h, b * n))
-        return np.broadcast_to(mask[:, None, :], (b, h, n)).reshape(1, b * h * n)
-
     def _forward(self, x, mask, training, *, freeze_codebook=False, sample_codebook_temp=None, want_vectors=True):
         x, x3, mask, only_one = self._check_input(x, mask)
         if training and self.comm.size > 1 and not self._options_checked:
             # ranks with different options would corrupt each other's sums silently
-            check_same(self.comm, **self._config)
+            check_same(self.comm, **self.config)
             self._options_checked = True
         b, n, _ = x3.shape
-        flat = self._to_codebook_layout(self._project(x3, self.project_in))
+        flat = self.layout.split(self._project(x3, self.project_in))
         if self.use_cosine_sim:
             flat = l2_normalize(flat)
         q, indices = self._codebook.forward(
-            flat, training=training, mask=self._mask_layout(mask), freeze_codebook=freeze_codebook,
-            sample_codebook_temp=sample_codebook_temp, return_quantize=want_vectors,
+            flat, training=training, mask=None if mask is None else self.layout.mask(mask),
+            freeze_codebook=freeze_codebook, sample_codebook_temp=sample_codebook_temp, return_quantize=want_vectors,
         )
-        indices = self._indices_layout(indices, b, n, only_one)
+        indices = self.layout.indices(indices, b, n)
+        indices = np.ascontiguousarray(indices[:, 0] if only_one else indices)
         if not want_vectors:
             return None, indices
-        out = self._project(self._from_codebook_layout(q, b, n), self.project_out).astype(x.dtype, copy=False)
+        out = self._project(self.layout.merge(q, b, n), self.project_out).astype(x.dtype, copy=False)
         if mask is not None:
             out = np.where(mask[..., None], out, x3)  # masked positions give back the input, as in the seed
         return (out[:, 0] if only_one else out), indices
@@ -443,7 +380,7 @@ class VectorQuantizer:
             The file is not a vqcore quantizer file, or of an unknown version.
         """
         config, state = read_npz(path, kind="VectorQuantizer")
-        unknown = set(config) - set(CONFIG_KEYS)
+        unknown = set(config) - set(VQOptions.option_names())
         if unknown:
             raise ValueError(f"{path}: unknown configuration keys {sorted(unknown)}; written by a newer vqcore?")
         quantizer = cls(**config, seed=seed, comm=comm)
@@ -460,5 +397,10 @@ class VectorQuantizer:
             )
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self._config.items() if k in ("dim", "codebook_size", "heads"))
+        args = ", ".join(f"{k}={getattr(self.options, k)!r}" for k in ("dim", "codebook_size", "heads"))
         return f"VectorQuantizer({args}, use_cosine_sim={self.use_cosine_sim})"
+
+
+# help() and IDEs show every option with its default, though they are defined once in VQOptions.
+VectorQuantizer.__init__.__signature__ = options_signature(
+    VQOptions, first=("self", "dim", "codebook_size"), extra=(("seed", None), ("comm", None)))
