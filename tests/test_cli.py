@@ -19,6 +19,7 @@ from . import naive
 
 BIN = Path(sys.executable).parent
 BLOBS, DIM, NOISE = 6, 8, 0.1
+PROGRESS_LINE = re.compile(r"^(fit|encode|decode):\s+\d+%\|")
 
 
 def vqcore_cmd(*args, cwd, mpi_ranks=None, timeout=120):
@@ -57,7 +58,8 @@ def assert_nearest(codes, x, codebook):
 
 def assert_one_line_error(result, *fragments):
     assert result.returncode == 2, result
-    lines = result.stderr.strip().splitlines()
+    # progress bars (on stderr) may precede the error line
+    lines = [line for line in result.stderr.strip().splitlines() if not PROGRESS_LINE.match(line)]
     assert len(lines) == 1 and lines[0].startswith("vqcore: error: "), result.stderr
     assert "Traceback" not in result.stderr
     for fragment in fragments:

@@ -140,6 +140,11 @@ def _output_bytes(args, comm, output):
     return sum(comm.allgather_object(os.path.getsize(output)))
 
 
+def shape_text(tail):
+    """``(2, 3)`` -> ``"(n, 2, 3)"``; ``()`` -> ``"(n,)"``."""
+    return "(n, " + ", ".join(map(str, tail)) + ")" if tail else "(n,)"
+
+
 def _summary(verb, n, what, seconds, size, output, out_bytes, ratio_text):
     ranks = f" on {size} ranks" if size > 1 else ""
     rate = n / seconds if seconds > 0 else float("inf")
@@ -174,7 +179,7 @@ def cmd_encode(args):
         code_bytes = total * int(np.prod(tail, dtype=np.int64)) * dtype.itemsize
         ratio = total * quantizer.dim * 4 / code_bytes if code_bytes else float("nan")
         _summary("encoded", total, f"vectors x {quantizer.dim} dims", seconds, size, args.output, out_bytes,
-                 f"{np.dtype(dtype).name} codes of shape {('n',) + tail}: ".replace("'", "")
+                 f"{np.dtype(dtype).name} codes of shape {shape_text(tail)}: "
                  f"{ratio:.3g}x smaller than the vectors as float32")
     return 0
 

@@ -68,7 +68,7 @@ def shard_numbers(pattern):
     path, key = split_source(pattern)
     if key is not None and RANK_FIELD in key:
         raise InputError(pattern, f"{RANK_FIELD} may appear in the file name, not in the .npz key; "
-                                  f"write one file per rank (e.g. part-{RANK_FIELD}.npz:{key.replace(RANK_FIELD, '')})")
+                                  f"write one file per rank (e.g. part-{RANK_FIELD}.npz:{key.replace(RANK_FIELD, '') or 'KEY'})")
     if RANK_FIELD not in path:
         return []
     before, _, after = path.partition(RANK_FIELD)

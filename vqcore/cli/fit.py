@@ -39,16 +39,23 @@ def add_parser(sub):
 
 
 def open_fit_data(args, comm):
-    """This rank's rows: its own ``{rank}`` file, or its share of the concatenated rows."""
+    """This rank's rows: its own ``{rank}`` file, or its share of the concatenated rows (see :mod:`.data`)."""
     rank, size = (0, 1) if comm is None else (comm.rank, comm.size)
-    per_rank_files = size > 1 and any(data.RANK_FIELD in s for s in args.data)
-    rows = data.open_rows(args.data, rank=rank if per_rank_files else None)
-    if size > 1 and not per_rank_files:
-        n = len(rows)
-        if n < size:
-            raise data.InputError(" ".join(args.data), f"holds {n} vectors, fewer than the {size} ranks")
-        rows = rows.slice(rank * n // size, (rank + 1) * n // size)
-    return rows
+    return data.open_share(args.data, rank, size)
+
+
+def check_codebook_size(k, total, heads):
+    """-k against the vectors the data holds (before any memory is allocated for the codebook).
+
+    Raises
+    ------
+    UsageError
+        More codes than vectors (head slices): k-means cannot place them.
+    """
+    if k > total * heads:
+        what = f"{total} vectors" + (f" ({total * heads} head slices with --heads {heads})" if heads > 1 else "")
+        raise UsageError(f"-k {k} is larger than the {what} in the data; choose -k <= {total * heads}, "
+                         "or fit on more data")
 
 
 def check_fit_options(args, dim):
@@ -79,8 +86,8 @@ class Schedule:
     """
 
     def __init__(self, rows, batch_size, all_rows, seed, bar, quantizer):
+        # --batch-size bounds every rank's batch; ranks with fewer rows take smaller (even empty) batches
         n_batches = max(-(-max(all_rows) // batch_size), 1)
-        n_batches = min(n_batches, min(all_rows))  # no rank may get an empty batch
         self.rows, self.bar = rows, bar
         self.bounds = batch_bounds(len(rows), n_batches)
         # vectors per step over all ranks, for the progress bar
@@ -113,6 +120,15 @@ def cmd_fit(args):
         error = exc
     agree(comm, error)
     all_rows = [len(rows)] if comm is None else comm.allgather_object(len(rows))
+    error = None
+    if rank == 0:
+        try:
+            if sum(all_rows) == 0:
+                raise data.InputError(" ".join(args.data), "holds no vectors")
+            check_codebook_size(args.codebook_size, sum(all_rows), args.heads)
+        except ValueError as exc:
+            error = exc
+    agree(comm, error)
     if comm is not None:
         dims = comm.allgather_object(rows.dim)
         agree(comm, None if len(set(dims)) == 1 else data.InputError(

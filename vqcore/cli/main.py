@@ -6,6 +6,7 @@ file and the problem); 1 an unexpected failure (with its traceback).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 
@@ -42,7 +43,15 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # the reader left (`vqcore info cb.npz | head`): not an error; silence the final flush
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
     except (UsageError, data.InputError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         code = 2
