@@ -1,104 +1,74 @@
-"""Validated options of :class:`vqtorch.VectorQuantize`.
+"""Validated options of :class:`vqtorch.VectorQuantize`: vqcore's option table plus the layer's own.
 
 The seed checks its options with ``assert`` (or not at all); here every clash
 is a ``ValueError``/``TypeError`` raised at construction, naming the option and
-the fix.
+the fix, with the same rules and messages as ``vqcore.VectorQuantizer``.
 """
 from __future__ import annotations
 
-import numbers
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Callable, Optional
+
+from vqcore.options import VQOptions, flag, integer, option, real
 
 __all__ = ["VQConfig", "BACKENDS"]
 
 BACKENDS = ("auto", "vqcore", "torch")
 
 
-def _check_int(name, value, *, minimum, allow_none=False):
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__}).")
-    if value < minimum:
-        raise ValueError(f"{name}={value} must be >= {minimum}.")
+def _backend(name, value):
+    if value not in BACKENDS:
+        raise ValueError(f"{name}={value!r} is not valid: it must be one of {BACKENDS}")
+    return value
 
 
-def _check_real(name, value, *, low=None, high=None):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__}).")
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
-        raise ValueError(f"{name}={value} must lie in {bounds}.")
+def _optional_flag(name, value):
+    return None if value is None else flag(name, value)
+
+
+def _optional_callable(name, value):
+    if value is not None and not callable(value):
+        raise TypeError(
+            f"{name} must be a callable taking parameters (e.g. functools.partial(torch.optim.SGD, lr=0.1)), "
+            f"got {value!r}."
+        )
+    return value
 
 
 @dataclass(frozen=True)
-class VQConfig:
+class VQConfig(VQOptions):
     """Every constructor argument of the seed's ``VectorQuantize`` plus ``backend``.
 
-    Defaults equal the seed's (vector-quantize-pytorch 1.14.5).  Build it with
-    keyword arguments; ``__post_init__`` validates the combination.
+    The codebook options and their checks come from :class:`vqcore.options.VQOptions`;
+    the fields below are the layer's own (losses, estimators, layouts, devices).
+    Defaults equal the seed's (vector-quantize-pytorch 1.14.5).
     """
 
-    dim: int
-    codebook_size: int
-    codebook_dim: Optional[int] = None
-    heads: int = 1
-    separate_codebook_per_head: bool = False
-    decay: float = 0.8
-    eps: float = 1e-5
-    freeze_codebook: bool = False
-    kmeans_init: bool = False
-    kmeans_iters: int = 10
-    sync_kmeans: bool = True
-    use_cosine_sim: bool = False
-    threshold_ema_dead_code: float = 0
-    channel_last: bool = True
-    accept_image_fmap: bool = False
-    commitment_weight: float = 1.0
-    commitment_use_cross_entropy_loss: bool = False
-    orthogonal_reg_weight: float = 0.0
-    orthogonal_reg_active_codes_only: bool = False
-    orthogonal_reg_max_codes: Optional[int] = None
-    stochastic_sample_codes: bool = False
-    sample_codebook_temp: float = 1.0
-    straight_through: bool = False
-    reinmax: bool = False
-    sync_codebook: Optional[bool] = None
-    sync_affine_param: bool = False
-    ema_update: bool = True
-    learnable_codebook: bool = False
-    in_place_codebook_optimizer: Optional[Callable] = None
-    affine_param: bool = False
-    affine_param_batch_decay: float = 0.99
-    affine_param_codebook_decay: float = 0.9
-    sync_update_v: float = 0.0
-    backend: str = "auto"
+    freeze_codebook: bool = option(False, flag, "never update the codebook")
+    channel_last: bool = option(True, flag, "features on the last axis (else (b, d, n))")
+    accept_image_fmap: bool = option(False, flag, "take (b, c, h, w) feature maps")
+    commitment_weight: float = option(1.0, real(0.0), "weight of the commitment loss")
+    commitment_use_cross_entropy_loss: bool = option(False, flag, "commitment as cross entropy of the codes")
+    orthogonal_reg_weight: float = option(0.0, real(0.0), "weight of the orthogonal regularisation")
+    orthogonal_reg_active_codes_only: bool = option(False, flag, "regularise only the codes in use")
+    orthogonal_reg_max_codes: Optional[int] = option(None, integer(1, optional=True),
+                                                     "at most this many random codes in the regularisation")
+    straight_through: bool = option(False, flag, "straight-through gumbel estimator")
+    reinmax: bool = option(False, flag, "ReinMax refinement of the straight-through estimator")
+    sync_codebook: Optional[bool] = option(None, _optional_flag,
+                                           "all-reduce codebook statistics over torch.distributed ranks "
+                                           "(default: when a process group of more than one rank exists)")
+    learnable_codebook: bool = option(False, flag, "train the codebook by gradients")
+    in_place_codebook_optimizer: Optional[Callable] = option(None, _optional_callable,
+                                                             "optimizer factory stepping the codebook in forward")
+    sync_update_v: float = option(0.0, real(0.0, 1.0), "the synchronised update rule's v")
+    backend: str = option("auto", _backend, "where the codebook work runs: 'auto', 'vqcore' or 'torch'")
 
-    def __post_init__(self):
-        _check_int("dim", self.dim, minimum=1)
-        _check_int("codebook_size", self.codebook_size, minimum=1)
-        _check_int("codebook_dim", self.codebook_dim, minimum=1, allow_none=True)
-        _check_int("heads", self.heads, minimum=1)
-        _check_int("kmeans_iters", self.kmeans_iters, minimum=0)
-        _check_int("orthogonal_reg_max_codes", self.orthogonal_reg_max_codes, minimum=1, allow_none=True)
-        _check_real("decay", self.decay, low=0.0, high=1.0)
-        _check_real("eps", self.eps, low=0.0)
-        _check_real("threshold_ema_dead_code", self.threshold_ema_dead_code, low=0.0)
-        _check_real("commitment_weight", self.commitment_weight, low=0.0)
-        _check_real("orthogonal_reg_weight", self.orthogonal_reg_weight, low=0.0)
-        _check_real("sample_codebook_temp", self.sample_codebook_temp)
-        _check_real("affine_param_batch_decay", self.affine_param_batch_decay, low=0.0, high=1.0)
-        _check_real("affine_param_codebook_decay", self.affine_param_codebook_decay, low=0.0, high=1.0)
-        _check_real("sync_update_v", self.sync_update_v, low=0.0, high=1.0)
-
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend={self.backend!r} is not one of {BACKENDS}.")
-        if self.in_place_codebook_optimizer is not None and not callable(self.in_place_codebook_optimizer):
-            raise TypeError(
-                "in_place_codebook_optimizer must be a callable taking parameters "
-                f"(e.g. functools.partial(torch.optim.SGD, lr=0.1)), got {self.in_place_codebook_optimizer!r}."
-            )
+    def _check_combinations(self):
+        super()._check_combinations()
+        if isinstance(self.kmeans_init, str):
+            raise ValueError(f"kmeans_init={self.kmeans_init!r} is not valid for the layer: it takes True or False, "
+                             "as the seed's (vqcore.VectorQuantizer offers 'k-means++')")
         if self.ema_update and self.learnable_codebook:
             raise ValueError(
                 "learnable_codebook=True is not compatible with ema_update=True: "
@@ -107,11 +77,6 @@ class VQConfig:
         if self.sync_update_v > 0 and not self.learnable_codebook:
             raise ValueError(
                 f"sync_update_v={self.sync_update_v} needs learnable_codebook=True (and ema_update=False)."
-            )
-        if self.affine_param and self.use_cosine_sim:
-            raise ValueError(
-                "affine_param=True only works with the euclidean codebook: pass use_cosine_sim=False "
-                "or affine_param=False."
             )
         if self.reinmax and not self.straight_through:
             raise ValueError("reinmax=True needs straight_through=True (reinmax refines the straight-through gumbel).")
@@ -123,21 +88,6 @@ class VQConfig:
             )
 
     @property
-    def num_codebooks(self) -> int:
-        """Number of codebook sets held by the codebook module."""
-        return self.heads if self.separate_codebook_per_head else 1
-
-    @property
-    def effective_codebook_dim(self) -> int:
-        """Dimension of one code (``codebook_dim`` or ``dim``)."""
-        return self.dim if self.codebook_dim is None else self.codebook_dim
-
-    @property
     def codebook_is_learnable(self) -> bool:
         """The seed makes ``embed`` a Parameter for learnable codebooks and orthogonal regularisation."""
         return self.learnable_codebook or self.orthogonal_reg_weight > 0
-
-    @classmethod
-    def option_names(cls):
-        """Names of all options, in constructor order."""
-        return [f.name for f in fields(cls)]
