@@ -326,7 +326,7 @@ def test_to_vqcore_encodes_and_decodes_as_eval_mode(make):
         torch.testing.assert_close(torch.as_tensor(value), module.state_dict()[key].float(), rtol=0, atol=0)
 
 
-DIGITS_STEPS = 60
+DIGITS_STEPS = 30
 
 
 @lru_cache(maxsize=1)
