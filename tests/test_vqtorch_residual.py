@@ -344,3 +344,19 @@ def test_digits_autoencoder_trains_like_the_seeds(backend):
     assert end < 0.6 * start
     # Same random draws and the same arithmetic up to rounding: the same curve.
     assert abs(end - seed_end) <= 1e-3 * seed_end, (end, seed_end)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_python_random_is_consumed_as_by_the_seed(train):
+    """Grouped stacks draw one randint per call (even in eval), plain stacks only when dropping."""
+    x = _inputs("bnd", steps=1)[0]
+    after = []
+    for cls in (SeedGroupedResidualVQ, GroupedResidualVQ, SeedResidualVQ, ResidualVQ):
+        extra = dict(groups=2) if "Grouped" in cls.__name__ else {}
+        module = cls(dim=DIM, num_quantizers=Q, codebook_size=K, quantize_dropout=True, **extra).train(train)
+        random.seed(5)
+        module(x)
+        after.append(random.random())
+    assert after[0] == after[1] and after[2] == after[3]
+    random.seed(5)
+    assert (after[2] == random.random()) != train  # a plain stack draws only in training
