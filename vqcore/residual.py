@@ -10,9 +10,11 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from numba import prange
 from tqdm.auto import tqdm
 
 from . import _validate
+from ._config import jit
 from .cluster import kmeans
 from .codebook import CosineSimCodebook, EuclideanCodebook
 from .comm import check_same, resolve_comm
@@ -121,11 +123,14 @@ def check_fit_method(method, init):
 def beam_encode(z, embeds, beam_size):
     """Beam search over the stages of one residual stack (euclidean).
 
-    Keeps the ``beam_size`` best partial sums per row; at every stage the
-    ``2 * beam_size`` best extensions by the float32 GEMM score are re-scored
-    exactly (float64 residual norms) and the best ``beam_size`` kept.  With a
-    beam at least as large as the number of paths, every path is kept and the
-    result is the exact best sum of codes.
+    Keeps the ``beam_size`` best partial sums per row.  At every stage the
+    ``2 * beam_size`` best extensions by a float32 score are re-scored
+    exactly (float64 residual norms) and the best ``beam_size`` kept.  The
+    float32 score needs no GEMM per beam: ``r . c = x . c - sum_s c_s . c``
+    over the codes ``c_s`` the beam chose so far, from one ``x @ C.T`` per
+    stage and tables of code-code products (faiss's look-up-table beam
+    search).  With a beam at least as large as the number of paths, every
+    path is kept and the result is the exact best sum of codes.
 
     Parameters
     ----------
@@ -139,41 +144,129 @@ def beam_encode(z, embeds, beam_size):
     """
     n = z.shape[0]
     stages = embeds.shape[0]
+    # cross[i][s] = C_s @ C_i.T for s < i: how an earlier code changes the product with stage i's codes
+    k, d = embeds.shape[1:]
+    codes_t = [np.ascontiguousarray(embeds[i].T) for i in range(stages)]
+    cross = [(embeds[:i].reshape(i * k, d) @ codes_t[i]).reshape(i, k, k) for i in range(stages)]
+    c_sq = np.einsum("skd,skd->sk", embeds, embeds)
     out = np.empty((n, stages), dtype=np.int64)
     for start in range(0, n, BEAM_CHUNK_ROWS):
-        out[start:start + BEAM_CHUNK_ROWS] = _beam_chunk(z[start:start + BEAM_CHUNK_ROWS], embeds, beam_size)
+        chunk = z[start:start + BEAM_CHUNK_ROWS]
+        out[start:start + BEAM_CHUNK_ROWS] = _beam_chunk(chunk, embeds, codes_t, cross, c_sq, beam_size)
     return out
 
 
-def _beam_chunk(z, embeds, beam_size):
+def _beam_chunk(z, embeds, codes_t, cross, c_sq, beam_size):
     n, d = z.shape
     stages, k, _ = embeds.shape
-    residual = z.astype(np.float64)[:, None, :]            # (n, b, d) exact residuals of the beams
-    error = np.einsum("nbd,nbd->nb", residual, residual)  # (n, b) their squared norms
+    residual = np.ascontiguousarray(z, dtype=np.float64)[:, None, :]  # (n, b, d) exact residuals of the beams
+    error = np.einsum("nbd,nbd->nb", residual, residual)                # (n, b) their squared norms
     codes = np.zeros((n, 1, 0), dtype=np.int64)
     rows = np.arange(n)[:, None]
     for i in range(stages):
         codebook = embeds[i]
         b = residual.shape[1]
-        c_sq = np.einsum("kd,kd->k", codebook, codebook)
-        # approximate ||r - c||^2 = ||r||^2 + ||c||^2 - 2 r.c for every (beam, code)
-        dots = residual.reshape(n * b, d).astype(np.float32) @ codebook.T
-        approx = (error.astype(np.float32)[:, :, None] + c_sq - 2 * dots.reshape(n, b, k)).reshape(n, b * k)
         keep = min(2 * beam_size, b * k)
-        if keep < b * k:
-            picked = np.argpartition(approx, keep - 1, axis=1)[:, :keep]
-            picked.sort(axis=1)  # ties then go to the lowest (beam, code)
-        else:
-            picked = np.broadcast_to(np.arange(b * k), (n, b * k))
-        beam_of, code_of = np.divmod(picked, k)
-        new_residual = residual[rows, beam_of] - codebook[code_of].astype(np.float64)
-        exact = np.einsum("nmd,nmd->nm", new_residual, new_residual)
         width = min(beam_size, keep)
-        order = np.argsort(exact, axis=1, kind="stable")[:, :width]
-        residual = new_residual[rows, order]
-        error = exact[rows, order]
-        codes = np.concatenate([codes[rows, beam_of[rows, order]], code_of[rows, order][:, :, None]], axis=2)
+        x_dot = z @ codes_t[i]  # (n, k); the kernel subtracts the earlier codes' products
+        new_residual = np.empty((n, width, d))
+        new_error = np.empty((n, width))
+        parent = np.empty((n, width), dtype=np.int64)
+        chosen = np.empty((n, width), dtype=np.int64)
+        scratch_dot = np.empty((n, k), dtype=np.float32)
+        scratch_value = np.empty((n, keep))
+        scratch_index = np.empty((n, keep), dtype=np.int64)
+        _beam_step(x_dot, cross[i], codes, error, c_sq[i], residual, codebook, scratch_dot, scratch_value,
+                   scratch_index, new_residual, new_error, parent, chosen)
+        residual, error = new_residual, new_error
+        codes = np.ascontiguousarray(np.concatenate([codes[rows, parent], chosen[:, :, None]], axis=2))
     return codes[:, 0]  # beams are sorted: the first is the best
+
+
+@jit(inline="always")
+def _insert(values, indices, count, value, index):
+    """Insert ``(value, index)`` into the ascending prefix ``values[:count]`` (capacity len(values)).
+
+    Equal values keep their order of arrival (the lower flat index first).
+    Returns the new count.
+    """
+    capacity = values.shape[0]
+    if count == capacity and value >= values[capacity - 1]:
+        return count
+    pos = count if count < capacity else capacity - 1
+    while pos > 0 and values[pos - 1] > value:
+        if pos < capacity:
+            values[pos] = values[pos - 1]
+            indices[pos] = indices[pos - 1]
+        pos -= 1
+    values[pos] = value
+    indices[pos] = index
+    return count + 1 if count < capacity else count
+
+
+@jit(parallel=True)
+def _beam_step(x_dot, cross, codes, error, c_sq, residual, codebook, scratch_dot, scratch_value, scratch_index,
+               new_residual, new_error, parent, chosen):
+    """One stage of the beam search for every row (the lead may move this to vqcore/kernels/).
+
+    Parameters
+    ----------
+    x_dot : (n, k) float32, input . code                             # IN
+    cross : (i, k_s, k) float32, earlier stages' codes . code        # IN
+    codes : (n, b, i) int64, codes each beam chose so far            # IN
+    error : (n, b) float64, squared norm of each beam's residual     # IN
+    c_sq : (k,) float32, squared norm of each code                   # IN
+    residual : (n, b, d) float64                                     # IN
+    codebook : (k, d) float32                                        # IN
+    scratch_dot : (n, k) float32                                     # scratch: one beam's products
+    scratch_value, scratch_index : (n, keep)                         # scratch: best approximate extensions
+    new_residual : (n, width, d) float64                             # OUT
+    new_error : (n, width) float64, exact, ascending                 # OUT
+    parent, chosen : (n, width) int64, beam extended and code added  # OUT
+    """
+    n, k = x_dot.shape
+    b, stage = codes.shape[1], codes.shape[2]
+    d = residual.shape[2]
+    width = new_error.shape[1]
+    keep = scratch_value.shape[1]
+    for row in prange(n):
+        values = scratch_value[row]
+        picks = scratch_index[row]
+        dots = scratch_dot[row]
+        count = 0
+        for j in range(b):
+            # float32 scores of every code for this beam, in vectorised passes
+            base = np.float32(error[row, j])
+            for c in range(k):
+                dots[c] = base + c_sq[c] - 2 * x_dot[row, c]
+            for s in range(stage):  # r . c = x . c - sum of the earlier codes' products (contiguous rows)
+                earlier = cross[s, codes[row, j, s]]
+                for c in range(k):
+                    dots[c] += 2 * earlier[c]
+            # one scalar scan; after the buffer fills almost every code fails the first comparison
+            for c in range(k):
+                if count < keep or dots[c] < values[keep - 1]:
+                    count = _insert(values, picks, count, dots[c], j * k + c)
+        # exact float64 scores of the kept extensions; the best ``width`` survive, in order
+        for m in range(count):
+            j, c = picks[m] // k, picks[m] % k
+            total = 0.0
+            for f in range(d):
+                diff = residual[row, j, f] - codebook[c, f]
+                total += diff * diff
+            values[m] = total
+        best = new_error[row]
+        best_pick = parent[row]  # flat (beam, code) indices until unpacked below
+        kept = 0
+        for m in range(count):
+            kept = _insert(best, best_pick, kept, values[m], picks[m])
+        for w in range(width):
+            flat = best_pick[w]
+            j, c = flat // k, flat % k
+            parent[row, w] = j
+            chosen[row, w] = c
+            for f in range(d):
+                new_residual[row, w, f] = residual[row, j, f] - codebook[c, f]
 
 
 @register("ResidualQuantizer")
