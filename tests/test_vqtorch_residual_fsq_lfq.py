@@ -203,3 +203,21 @@ def test_seed_readme_example_runs_unchanged(name, monkeypatch):
     assert isinstance(got[name], OURS["ResidualFSQ" if name == "residual_fsq" else "ResidualLFQ"])
     for key in ("quantized", "indices", "quantized_out"):
         torch.testing.assert_close(got[key], expected[key], **TOL)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ResidualFSQ(dim=10, levels=[8, 5, 3], num_quantizers=3, quantize_dropout=True),
+    lambda: ResidualFSQ(dim=3, levels=[7, 4, 3], num_quantizers=2),
+    lambda: ResidualLFQ(dim=10, codebook_size=16, num_quantizers=3, quantize_dropout=True),
+])
+def test_to_vqcore_encodes_and_decodes_as_eval_mode(make):
+    torch.manual_seed(2)
+    module = make().eval()
+    x = _inputs("bnd", dim=module.dim, steps=1)[0]
+    _, indices, *_ = module(x)
+    quantizer = module.to_vqcore()
+    codes = quantizer.encode(x.numpy())
+    assert (codes.astype("int64") == indices.numpy()).all()
+    prefix = indices[..., :2] if module.quantize_dropout else indices  # a dropout-trained stack decodes prefixes
+    torch.testing.assert_close(torch.from_numpy(quantizer.decode(prefix.numpy())),
+                               module.get_output_from_indices(prefix).detach(), **TOL)

@@ -66,6 +66,13 @@ class ResidualFSQ(ResidualBase):
     def _code_scales(self):
         return self.scales
 
+    def to_vqcore(self):
+        """A ``vqcore.fsq.ResidualFSQ`` with these levels and projections: numpy-only encode/decode (eval mode)."""
+        from vqcore.fsq import ResidualFSQ as NumpyResidualFSQ
+
+        quantizer = NumpyResidualFSQ(self.dim, self.levels, self.num_quantizers)
+        return quantizer.load_state_dict(self.state_dict())
+
     def _check_forward(self, x, indices=None):
         """Validate the input before anything runs."""
         self._check_tokens(x)

@@ -68,6 +68,13 @@ class ResidualLFQ(ResidualBase):
         """Every stage's codes (already scaled): (num_quantizers, codebook_size, log2(codebook_size))."""
         return torch.stack([layer.codebook for layer in self.layers])
 
+    def to_vqcore(self):
+        """A ``vqcore.lfq.ResidualLFQ`` with this configuration and projections: numpy-only encode/decode (eval mode)."""
+        from vqcore.lfq import ResidualLFQ as NumpyResidualLFQ
+
+        quantizer = NumpyResidualLFQ(self.dim, self.num_quantizers, self.codebook_size)
+        return quantizer.load_state_dict(self.state_dict())
+
     def _check_forward(self, x, indices=None):
         """Validate the input before anything runs."""
         self._check_tokens(x)
