@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from tests.test_vqtorch_digits import _train as train_digits_autoencoder
-from tests.torch_reference import TOL, assert_state_equal, backends, make_input, run_pair
-from vqtorch import GroupedResidualVQ, ResidualVQ
+from tests.torch_reference import TOL, SeedVectorQuantize, assert_state_equal, backends, make_input, run_pair
+from vqtorch import GroupedResidualVQ, ResidualVQ, VectorQuantize
 from vqtorch.residual import dropout_last_stage
 
 with warnings.catch_warnings():
@@ -148,6 +148,24 @@ RANDOM_CASES = [
 def test_random_options_match_seed_draw_for_draw(backend, name, kwargs):
     ref, ours = _pair(SeedResidualVQ, ResidualVQ, backend, dim=DIM, num_quantizers=3, codebook_size=K, **kwargs)
     run_pair(ref, ours, _inputs("bnd"), train=True, lr=LR, rng_seed=50, tol=_tol(backend))
+
+
+VQ_RANDOM_CASES = [
+    dict(kmeans_init=True, kmeans_iters=4),
+    dict(kmeans_init=True, use_cosine_sim=True, heads=2, separate_codebook_per_head=True, codebook_dim=6),
+    dict(threshold_ema_dead_code=1.5),
+    dict(threshold_ema_dead_code=1.5, use_cosine_sim=True, heads=2, separate_codebook_per_head=True, codebook_dim=6),
+]
+
+
+@pytest.mark.parametrize("kwargs", VQ_RANDOM_CASES)
+def test_vector_quantize_default_backend_follows_seed_draws(kwargs):
+    """VectorQuantize on the default CPU backend (vqcore kernels) draws k-means seeds and dead-code rows as the seed."""
+    torch.manual_seed(0)
+    ref = SeedVectorQuantize(dim=DIM, codebook_size=K, **kwargs)
+    ours = VectorQuantize(dim=DIM, codebook_size=K, **kwargs)  # backend="auto"
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    run_pair(ref, ours, _inputs("bnd"), train=True, rng_seed=31)
 
 
 GROUPED_CASES = [
