@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .core import Case, Config, Impl, Target, Unavailable, evaluate, run_case
+from .core import Case, Config, Impl, Target, Unavailable, run_case
 from .peers import require
 
 NAME = "residual"
@@ -17,7 +17,7 @@ DESCRIPTION = ("RQ (beam 1, 5), grouped RQ and PQ fit/encode vs faiss ResidualQu
                "on image patches; test MSE/variance against bits per vector")
 
 FULL = {"train": 65536, "test": 16384, "k": 256, "stages": 8, "groups": 2}
-QUICK = {"train": 4096, "test": 1024, "k": 16, "stages": 4, "groups": 2}
+QUICK = {"train": 2048, "test": 512, "k": 16, "stages": 4, "groups": 2}
 IMAGES = ("astronaut", "coffee", "chelsea")
 PATCH = 4
 STRIDE = 2
@@ -95,8 +95,8 @@ def run(config: Config) -> list[Case]:
             return {key: relative_mse(test, decode()) for key, decode in encoders(model).items()}
         return inspect
 
-    def rq_quality(model):
-        return {f"mse_beam{b}": lambda b=b: model.decode(model.encode(test, beam_size=b)) for b in BEAMS}
+    def rq_quality(beam):
+        return lambda model: {"mse": lambda: model.decode(model.encode(test, beam_size=beam))}
 
     def faiss_quality(model):
         return {"mse": lambda: model.decode(model.compute_codes(test))}
@@ -105,9 +105,13 @@ def run(config: Config) -> list[Case]:
         return {"mse": lambda: model.decode(model.encode(test))}
 
     fit_impls = [
-        Impl("vqcore RQ", lambda: _vqcore_rq(train, k, stages, 1), quality("vqcore RQ", rq_quality)),
-        Impl(f"vqcore RQ groups={groups}", lambda: _vqcore_rq(train, k, stages // groups, groups),
-             quality(f"vqcore RQ groups={groups}", rq_quality), f"{groups} groups x {stages // groups} stages"),
+        Impl(f"vqcore RQ beam {b}", lambda b=b: _vqcore_rq(train, k, stages, 1, b),
+             quality(f"vqcore RQ beam {b}", rq_quality(b)), f"beam_size={b} in training and encoding")
+        for b in BEAMS
+    ]
+    fit_impls += [
+        Impl(f"vqcore RQ groups={groups}", lambda: _vqcore_rq(train, k, stages // groups, groups, 1),
+             quality(f"vqcore RQ groups={groups}", rq_quality(1)), f"{groups} groups x {stages // groups} stages"),
         Impl("vqcore PQ", lambda: _vqcore_pq(train, k, stages), quality("vqcore PQ", vq_quality)),
         Impl("vqcore k-means", lambda: _vqcore_kmeans(train, k), quality("vqcore k-means", vq_quality),
              f"one codebook of {k} codes ({int(np.log2(k))} bits)"),
@@ -117,24 +121,23 @@ def run(config: Config) -> list[Case]:
              f"max_beam_size={b} in training and encoding")
         for b in BEAMS
     ]
+    epochs = 1 if config.quick else SEED_EPOCHS
     fit_impls += [
         Impl("faiss PQ", lambda: _faiss_pq(train, k, stages), quality("faiss PQ", faiss_quality)),
-        Impl("seed ResidualVQ EMA", lambda: _seed_rvq(train, k, stages, config.quick),
+        Impl("seed ResidualVQ EMA", lambda: _seed_rvq(train, k, stages, epochs),
              quality("seed ResidualVQ EMA", lambda model: {"mse": lambda: model.decode(test)}),
-             f"vector-quantize-pytorch, {SEED_EPOCHS} epochs of batches of 1024, for reference"),
+             f"vector-quantize-pytorch, {epochs} epoch(s) of batches of 1024, k-means init, for reference"),
     ]
-    fit_targets = [Target("vqcore RQ", f"faiss RQ beam {b}", 0.5, note=f"train time against faiss trained at beam {b}")
-                   for b in BEAMS]
+    fit_targets = [Target(f"vqcore RQ beam {b}", f"faiss RQ beam {b}", 0.5) for b in BEAMS]
     fit_targets += [Target("vqcore PQ", "faiss PQ", 1.0)]
-    fit_targets += [Target("vqcore RQ", f"faiss RQ beam {b}", 1.0, key="mse_beam%d" % b,
-                           note=f"test MSE at beam {b}: vqcore beam {b} over faiss beam {b}") for b in BEAMS]
+    fit_targets += [Target(f"vqcore RQ beam {b}", f"faiss RQ beam {b}", 1.0, key="mse",
+                           note=f"test MSE at beam {b}") for b in BEAMS]
     fit_targets += [Target("vqcore PQ", "faiss PQ", 1.02, key="mse")]
     fit_case = Case(NAME, f"fit: {label}", {**common, "mode": "fit"}, targets=fit_targets)
     cases = [run_case(fit_case, fit_impls, config.repeat, config.budget_s, config.threads)]
-    _copy_mse_keys(cases[0])
 
-    encode_impls = [Impl(f"vqcore RQ beam {b}", lambda b=b: _encode_rq(models.get("vqcore RQ"), test, b),
-                         lambda codes, b=b: {"mse": relative_mse(test, models.get("vqcore RQ").decode(codes))})
+    encode_impls = [Impl(f"vqcore RQ beam {b}", lambda b=b: _encode_rq(models.get(f"vqcore RQ beam {b}"), test, b),
+                         lambda codes, b=b: {"mse": relative_mse(test, models.get(f"vqcore RQ beam {b}").decode(codes))})
                     for b in BEAMS]
     encode_impls += [Impl(f"faiss RQ beam {b}", lambda b=b: _encode_faiss(models.get(f"faiss RQ beam {b}"), test),
                           lambda codes, b=b: {"mse": relative_mse(test, models.get(f"faiss RQ beam {b}").decode(codes))})
@@ -149,26 +152,17 @@ def run(config: Config) -> list[Case]:
     encode_targets += [Target("vqcore PQ", "faiss PQ", 1.0)]
     encode_case = Case(NAME, f"encode: {label}", {**common, "mode": "encode"}, targets=encode_targets)
     cases.append(run_case(encode_case, encode_impls, config.repeat, config.budget_s, config.threads))
-    cases.append(_curve(models, train, test, k, stages, common))
+    cases.append(_curve(models, train, test, k, stages, common, config.quick))
     return cases
 
 
-def _copy_mse_keys(case):
-    """faiss rows report ``mse``; copy it under ``mse_beam{b}`` so the MSE targets compare like with like."""
-    for row in case.rows:
-        for b in BEAMS:
-            if row.impl == f"faiss RQ beam {b}" and "mse" in row.extra:
-                row.extra[f"mse_beam{b}"] = row.extra["mse"]
-    case.targets = [evaluate(target, case.rows) for target in case.targets]
-
-
-def _curve(models, train, test, k, stages, common):
+def _curve(models, train, test, k, stages, common, quick):
     """Test MSE/variance against bits per vector for VQ, PQ, RQ and grouped RQ (a note per method)."""
     case = Case(NAME, "MSE/variance against bits per vector", {**common, "mode": "curve"})
     per_code = int(np.log2(k))
     curve = {}
     try:
-        rq = models.get("vqcore RQ")
+        rq = models.get("vqcore RQ beam 1")
         curve["RQ beam 1"] = {per_code * m: relative_mse(test, rq.decode(rq.encode(test)[:, :m]))
                               for m in range(1, stages + 1)}
         grouped = next(model for name, model in models.fitted.items() if name.startswith("vqcore RQ groups"))
@@ -180,13 +174,13 @@ def _curve(models, train, test, k, stages, common):
         case.notes.append(f"RQ curve missing: {exc}")
     vqcore = require("vqcore")
     curve["PQ"] = {}
-    for subspaces in (1, 2, 4, 8, 16):
+    for subspaces in (1, 2, 4) if quick else (1, 2, 4, 8, 16):
         if subspaces * per_code > stages * per_code * 2 or train.shape[1] % subspaces:
             continue
         pq = vqcore.ProductQuantizer(train.shape[1], k, subspaces, seed=0).fit(train, progress=False)
         curve["PQ"][per_code * subspaces] = relative_mse(test, pq.decode(pq.encode(test)))
     curve["VQ"] = {}
-    for bits in range(4, per_code + 3):
+    for bits in range(per_code - 1, per_code + 1) if quick else range(4, per_code + 3):
         vq = vqcore.ProductQuantizer(train.shape[1], 2 ** bits, 1, seed=0).fit(train, progress=False)
         curve["VQ"][bits] = relative_mse(test, vq.decode(vq.encode(test)))
     for method, points in curve.items():
@@ -224,9 +218,9 @@ def _plot(curve):
 
 
 # -- implementations: each returns the zero-argument call to time ---------------------
-def _vqcore_rq(train, k, stages, groups):
+def _vqcore_rq(train, k, stages, groups, beam):
     cls = require("vqcore", "ResidualQuantizer")
-    return lambda: cls(train.shape[1], k, stages, groups=groups, seed=0).fit(train, progress=False)
+    return lambda: cls(train.shape[1], k, stages, groups=groups, beam_size=beam, seed=0).fit(train, progress=False)
 
 
 def _vqcore_pq(train, k, subspaces):
@@ -272,7 +266,7 @@ class _SeedModel:
             return self.layer(self.torch.from_numpy(rows)[None])[0][0].numpy()
 
 
-def _seed_rvq(train, k, stages, quick):
+def _seed_rvq(train, k, stages, epochs):
     seed = require("vector_quantize_pytorch")
     torch = require("torch")
 
@@ -282,7 +276,7 @@ def _seed_rvq(train, k, stages, quick):
                                 threshold_ema_dead_code=2).train()
         rows = torch.from_numpy(train)
         with torch.no_grad():
-            for _ in range(SEED_EPOCHS):
+            for _ in range(epochs):
                 for start in range(0, len(rows), 1024):
                     layer(rows[start:start + 1024][None])
         return _SeedModel(layer.eval(), torch)

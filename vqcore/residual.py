@@ -143,44 +143,59 @@ def beam_encode(z, embeds, beam_size):
     ndarray of int64, shape (n, stages)
     """
     n = z.shape[0]
-    stages = embeds.shape[0]
-    # cross[i][s] = C_s @ C_i.T for s < i: how an earlier code changes the product with stage i's codes
-    k, d = embeds.shape[1:]
-    codes_t = [np.ascontiguousarray(embeds[i].T) for i in range(stages)]
-    cross = [(embeds[:i].reshape(i * k, d) @ codes_t[i]).reshape(i, k, k) for i in range(stages)]
-    c_sq = np.einsum("skd,skd->sk", embeds, embeds)
-    out = np.empty((n, stages), dtype=np.int64)
+    tables = [beam_tables(embeds, i) for i in range(embeds.shape[0])]
+    out = np.empty((n, embeds.shape[0]), dtype=np.int64)
     for start in range(0, n, BEAM_CHUNK_ROWS):
         chunk = z[start:start + BEAM_CHUNK_ROWS]
-        out[start:start + BEAM_CHUNK_ROWS] = _beam_chunk(chunk, embeds, codes_t, cross, c_sq, beam_size)
+        beams = beam_start(chunk)
+        for i in range(embeds.shape[0]):  # all stages of one chunk while its beams are in cache
+            beams = beam_extend(chunk, beams, embeds[i], tables[i], beam_size)
+        out[start:start + BEAM_CHUNK_ROWS] = beams[2][:, 0]  # beams are sorted: the first is the best
     return out
 
 
-def _beam_chunk(z, embeds, codes_t, cross, c_sq, beam_size):
-    n, d = z.shape
-    stages, k, _ = embeds.shape
-    residual = np.ascontiguousarray(z, dtype=np.float64)[:, None, :]  # (n, b, d) exact residuals of the beams
-    error = np.einsum("nbd,nbd->nb", residual, residual)                # (n, b) their squared norms
-    codes = np.zeros((n, 1, 0), dtype=np.int64)
+def beam_tables(embeds, i):
+    """What stage ``i``'s beam step needs from the codebooks: ``(C_i.T, C_<i @ C_i.T, |C_i|^2)``."""
+    k, d = embeds.shape[1:]
+    codes_t = np.ascontiguousarray(embeds[i].T)
+    cross = (embeds[:i].reshape(i * k, d) @ codes_t).reshape(i, k, k)
+    return codes_t, cross, np.einsum("kd,kd->k", embeds[i], embeds[i])
+
+
+def beam_start(z):
+    """One empty beam per row: ``(residual (n, 1, d) float64, error (n, 1), codes (n, 1, 0))``."""
+    residual = np.ascontiguousarray(z, dtype=np.float64)[:, None, :]
+    return residual, np.einsum("nbd,nbd->nb", residual, residual), np.zeros((len(z), 1, 0), dtype=np.int64)
+
+
+def beam_extend(z, beams, codebook, tables, beam_size):
+    """Extend every row's beams by one stage's codebook; returns the new ``(residual, error, codes)``.
+
+    Rows are processed ``BEAM_CHUNK_ROWS`` at a time, so scratch memory stays bounded.
+    """
+    if len(z) > BEAM_CHUNK_ROWS:
+        parts = [beam_extend(z[s:s + BEAM_CHUNK_ROWS], tuple(a[s:s + BEAM_CHUNK_ROWS] for a in beams), codebook,
+                             tables, beam_size) for s in range(0, len(z), BEAM_CHUNK_ROWS)]
+        return tuple(np.concatenate(arrays) for arrays in zip(*parts))
+    residual, error, codes = beams
+    codes_t, cross, c_sq = tables
+    n, b, d = residual.shape
+    k = codebook.shape[0]
+    keep = min(2 * beam_size, b * k)
+    width = min(beam_size, keep)
+    x_dot = z @ codes_t  # (n, k); the kernel subtracts the earlier codes' products
+    new_residual = np.empty((n, width, d))
+    new_error = np.empty((n, width))
+    parent = np.empty((n, width), dtype=np.int64)
+    chosen = np.empty((n, width), dtype=np.int64)
+    scratch_dot = np.empty((n, k), dtype=np.float32)
+    scratch_value = np.empty((n, keep))
+    scratch_index = np.empty((n, keep), dtype=np.int64)
+    _beam_step(x_dot, cross, np.ascontiguousarray(codes), error, c_sq, residual, codebook, scratch_dot,
+               scratch_value, scratch_index, new_residual, new_error, parent, chosen)
     rows = np.arange(n)[:, None]
-    for i in range(stages):
-        codebook = embeds[i]
-        b = residual.shape[1]
-        keep = min(2 * beam_size, b * k)
-        width = min(beam_size, keep)
-        x_dot = z @ codes_t[i]  # (n, k); the kernel subtracts the earlier codes' products
-        new_residual = np.empty((n, width, d))
-        new_error = np.empty((n, width))
-        parent = np.empty((n, width), dtype=np.int64)
-        chosen = np.empty((n, width), dtype=np.int64)
-        scratch_dot = np.empty((n, k), dtype=np.float32)
-        scratch_value = np.empty((n, keep))
-        scratch_index = np.empty((n, keep), dtype=np.int64)
-        _beam_step(x_dot, cross[i], codes, error, c_sq[i], residual, codebook, scratch_dot, scratch_value,
-                   scratch_index, new_residual, new_error, parent, chosen)
-        residual, error = new_residual, new_error
-        codes = np.ascontiguousarray(np.concatenate([codes[rows, parent], chosen[:, :, None]], axis=2))
-    return codes[:, 0]  # beams are sorted: the first is the best
+    new_codes = np.concatenate([codes[rows, parent], chosen[:, :, None]], axis=2)
+    return new_residual, new_error, new_codes
 
 
 @jit(inline="always")
@@ -416,8 +431,8 @@ class ResidualQuantizer:
             self._options_checked = True
 
     # -- training ----------------------------------------------------------------------
-    def fit(self, x, *, method="kmeans", iters=20, init="k-means++", refine=0, batch_size=4096, epochs=1,
-            progress=True, shuffle=True, max_points_per_cluster=MAX_POINTS_PER_CLUSTER):
+    def fit(self, x, *, method="kmeans", iters=20, init="k-means++", refine=0, beam_size=None, batch_size=4096,
+            epochs=1, progress=True, shuffle=True, max_points_per_cluster=MAX_POINTS_PER_CLUSTER):
         """Train every stage.
 
         Parameters
@@ -438,6 +453,12 @@ class ResidualQuantizer:
             Extra passes (kmeans): each stage in turn is re-fitted by k-means,
             started from its codes, on the input minus every other stage's
             code; the training error never increases.
+        beam_size : int, optional
+            Beam of the training encodings (kmeans; default: the
+            constructor's ``beam_size``).  Above 1, stage ``i`` is k-means on
+            the residuals of all ``beam_size`` partial sums the beam search
+            keeps after stages ``< i``, as faiss's ``ResidualQuantizer``
+            trains with ``max_beam_size``: codebooks suited to beam encoding.
         batch_size, epochs, shuffle :
             Batching of ``method="ema"``.
         progress : bool
@@ -452,6 +473,9 @@ class ResidualQuantizer:
         check_fit_method(method, init)
         iters = _validate.positive_int("iters", iters, minimum=0)
         refine = _validate.positive_int("refine", refine, minimum=0)
+        beam = self.beam_size if beam_size is None else _validate.positive_int("beam_size", beam_size)
+        if beam > 1 and self.use_cosine_sim:
+            raise ValueError("beam_size > 1 needs euclidean codebooks; use beam_size=1 with use_cosine_sim=True")
         batch_size = _validate.positive_int("batch_size", batch_size)
         epochs = _validate.positive_int("epochs", epochs)
         if max_points_per_cluster is not None:
@@ -475,7 +499,7 @@ class ResidualQuantizer:
         with tqdm(total=self.groups * self.num_quantizers * (1 + refine), disable=not progress, unit="stage",
                   leave=False) as bar:
             for g, z in enumerate(self._group_inputs(rows)):
-                self._fit_group_kmeans(g, z, refine, kwargs, bar)
+                self._fit_group_kmeans(g, z, refine, beam, kwargs, bar)
         return self
 
     def _stage_kmeans(self, g, i, target, start=None, **kwargs):
@@ -493,13 +517,22 @@ class ResidualQuantizer:
         metric = "cosine" if self.use_cosine_sim else "euclidean"
         return nearest_unchecked(data[None], codebook[None], metric)[0][0]
 
-    def _fit_group_kmeans(self, g, z, refine, kwargs, bar):
-        residual = z
-        codes = []
-        for i in range(self.num_quantizers):
-            residual, stage_codes = self._stage_kmeans(g, i, residual, **kwargs)
-            codes.append(stage_codes)
-            bar.update()
+    def _fit_group_kmeans(self, g, z, refine, beam, kwargs, bar):
+        if beam > 1:
+            self._fit_group_beam(g, z, beam, kwargs, bar)
+            if not refine:
+                return
+            codes = beam_encode(z, self._embeds(g), beam)
+            embeds = self._embeds(g)
+            residual = z - sum(embeds[i][codes[:, i]] for i in range(self.num_quantizers))
+            codes = list(codes.T)
+        else:
+            residual = z
+            codes = []
+            for i in range(self.num_quantizers):
+                residual, stage_codes = self._stage_kmeans(g, i, residual, **kwargs)
+                codes.append(stage_codes)
+                bar.update()
         for _ in range(refine):
             for i in range(self.num_quantizers):
                 embed = self._stages[g][i].embed[0]
@@ -507,6 +540,18 @@ class ResidualQuantizer:
                 refit = {k: v for k, v in kwargs.items() if k not in ("init", "init_size")}
                 residual, codes[i] = self._stage_kmeans(g, i, target, start=embed.copy(), **refit)
                 bar.update()
+
+    def _fit_group_beam(self, g, z, beam, kwargs, bar):
+        """Stage ``i`` is k-means on the residuals of all beams kept after stages ``< i`` (faiss's training)."""
+        beams = beam_start(z)
+        for i in range(self.num_quantizers):
+            residual = beams[0]
+            self._stage_kmeans(g, i, np.ascontiguousarray(residual.reshape(-1, residual.shape[-1]), dtype=np.float32),
+                               **kwargs)
+            bar.update()
+            if i + 1 < self.num_quantizers:
+                embeds = self._embeds(g)[:i + 1]
+                beams = beam_extend(z, beams, embeds[i], beam_tables(embeds, i), beam)
 
     def partial_fit(self, x, *, freeze_codebook=False, sample_codebook_temp=None):
         """One EMA step of every stage, in sequence (vqp ``ResidualVQ``'s training forward, codebook side).
