@@ -373,9 +373,9 @@ class GroupedBase(nn.Module):
     """Split the features into ``groups`` and run one residual stack per group.
 
     Subclasses set ``residual_cls`` (a :class:`ResidualBase` with ``_check_forward(x, indices=None)``)
-    and may pass ``accept_image_fmap`` on to the stacks (``pass_image_fmap``).  Outputs: the quantized groups concatenated back, every other
-    per-group tensor stacked on a new first axis, ``all_codes`` as a tuple over groups (as the
-    seed returns it), and the cross-entropy losses summed.
+    and may pass ``accept_image_fmap`` on to the stacks (``pass_image_fmap``).  Outputs: the
+    quantized groups concatenated back, every other per-group tensor stacked on a new first axis,
+    ``all_codes`` as a tuple over groups (as the seed returns it), and the cross-entropy losses summed.
     """
 
     residual_cls = None

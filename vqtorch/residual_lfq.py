@@ -69,7 +69,7 @@ class ResidualLFQ(ResidualBase):
         return torch.stack([layer.codebook for layer in self.layers])
 
     def to_vqcore(self):
-        """A ``vqcore.lfq.ResidualLFQ`` with this configuration and projections: numpy-only encode/decode (eval mode)."""
+        """A ``vqcore.lfq.ResidualLFQ`` with this configuration and projections (numpy-only eval encode/decode)."""
         from vqcore.lfq import ResidualLFQ as NumpyResidualLFQ
 
         quantizer = NumpyResidualLFQ(self.dim, self.num_quantizers, self.codebook_size)
