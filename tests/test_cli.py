@@ -1,11 +1,13 @@
 """The ``vqcore`` command line end to end, as a user runs it (``python -m vqcore`` in a subprocess)."""
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -255,3 +257,160 @@ def test_cosine_codebook_codes_are_largest_dot_products(tmp_path):
     # the reported error is that of the unit vectors (a cosine codebook keeps directions only)
     mse = np.mean((codebook[codes].astype(np.float64) - unit) ** 2)
     np.testing.assert_allclose(summary_value(fit.stdout, "mse"), mse, rtol=1e-4)
+
+
+# -- hardening (issue 13): shards, shapes, messages, pipes, help -------------------------------------------
+
+def run_main(capsys, *argv):
+    """``vqcore argv`` in this process: (exit code, stdout, stderr)."""
+    code = cli.main([*map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(err):
+    lines = [line for line in err.strip().splitlines() if not PROGRESS_LINE.match(line)]
+    assert len(lines) == 1 and lines[0].startswith("vqcore: error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture
+def here(trained, tmp_path, monkeypatch):
+    """A fresh directory with the trained codebook and its data, as the working directory."""
+    work, x, _ = trained
+    (tmp_path / "cb.npz").write_bytes((work / "cb.npz").read_bytes())
+    np.save(tmp_path / "x.npy", x)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path, x
+
+
+def test_a_missing_shard_in_the_middle_is_named(here, capsys):
+    path, x = here
+    for r in (0, 1, 3):
+        np.save(path / f"gap-{r}.npy", x[100 * r:100 * r + 100])
+    for argv in (["encode", "cb.npz", "gap-{rank}.npy", "-o", "c.npy"], ["fit", "gap-{rank}.npy", "-k", 4, "-o", "f.npz"]):
+        code, _, err = run_main(capsys, *argv)
+        line = one_error_line(err)
+        assert code == 2 and "gap-2.npy" in line and "no such file" in line and "gap-{rank}.npy" in line, line
+    assert not (path / "c.npy").exists() and not (path / "f.npz").exists()
+
+
+def test_rank_in_an_npz_key_is_refused_at_once(here, capsys):
+    np.savez(here[0] / "keyed.npz", a=here[1])
+    started = time.monotonic()
+    code, _, err = run_main(capsys, "fit", "keyed.npz:{rank}", "-k", 4, "-o", "f.npz")
+    assert code == 2 and time.monotonic() - started < 10
+    assert "{rank} may appear in the file name, not in the .npz key" in one_error_line(err)
+
+
+@pytest.mark.parametrize("shape, fragment", [((50, 2, 4), "reshape it first, e.g. x.reshape(-1, 4)"),
+                                             ((50, 0), "vectors of dim 0")])
+def test_input_that_is_not_2d_vectors_is_refused_with_a_hint(here, capsys, shape, fragment):
+    np.save(here[0] / "bad.npy", np.zeros(shape, np.float32))
+    for argv in (["fit", "bad.npy", "-k", 2, "-o", "f.npz"], ["encode", "cb.npz", "bad.npy", "-o", "c.npy"]):
+        code, _, err = run_main(capsys, *argv)
+        line = one_error_line(err)
+        assert code == 2 and fragment in line and f"shape {shape}" in line, line
+
+
+@pytest.mark.parametrize("k", [3001, 99999999999999999999])
+def test_more_codes_than_vectors_says_so(here, capsys, k):
+    code, _, err = run_main(capsys, "fit", "x.npy", "-k", k, "-o", "f.npz")
+    line = one_error_line(err)
+    assert code == 2 and f"-k {k} is larger than the 3000 vectors" in line and "batch-size" not in line, line
+    assert not (here[0] / "f.npz").exists()
+
+
+@pytest.mark.parametrize("output", ["", "dangling.npz"])
+def test_unwritable_outputs_are_refused_before_training(here, capsys, monkeypatch, output):
+    os.symlink(here[0] / "missing" / "target.npz", here[0] / "dangling.npz")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before checking the output")
+
+    monkeypatch.setattr(cli.fit.VectorQuantizer, "fit", no_training)
+    code, _, err = run_main(capsys, "fit", "x.npy", "-k", 4, "-o", output)
+    line = one_error_line(err)
+    assert code == 2 and ("empty output name" in line if not output else "symbolic link to the missing" in line)
+
+
+def test_info_into_a_closed_pipe_is_quiet(here):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run(["bash", "-c", f"'{sys.executable}' -m vqcore info cb.npz | head -1; "
+                                           "exit ${PIPESTATUS[0]}"],
+                            cwd=here[0], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("file:"), result
+    assert result.stderr == "", result.stderr
+
+
+def test_every_subcommand_has_a_description():
+    parser = cli.build_parser()
+    choices = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(choices) == {"fit", "encode", "decode", "info", "demo"}
+    for name, sub in choices.items():
+        assert sub.description and len(sub.description) > 40, name
+        assert sub.description.split()[0] in sub.format_help(), name
+
+
+def test_encode_and_decode_show_progress_and_a_summary(here):
+    path, x = here
+    encode = vqcore_cmd("encode", "cb.npz", "x.npy", "-o", "c.npy", cwd=path)
+    decode = vqcore_cmd("decode", "cb.npz", "c.npy", "-o", "r.npy", cwd=path)
+    assert encode.returncode == 0 and decode.returncode == 0, (encode, decode)
+    assert re.search(r"encode: 100%\|.*3\.00k/3\.00k", encode.stderr), encode.stderr
+    assert re.search(r"decode: 100%\|.*3\.00k/3\.00k", decode.stderr), decode.stderr
+    codes_size, recon_size = (path / "c.npy").stat().st_size, (path / "r.npy").stat().st_size
+    # uint8 codes of 8 float32 dims: 32 bytes become 1
+    assert f"encoded {len(x)} vectors x {DIM} dims" in encode.stdout and "32x smaller" in encode.stdout, encode.stdout
+    assert f"{codes_size / 1000:.3g} kB" in encode.stdout and "uint8 codes of shape (n,)" in encode.stdout
+    assert f"decoded {len(x)} rows of codes" in decode.stdout and f"{recon_size / 1000:.3g} kB" in decode.stdout
+
+
+@pytest.mark.parametrize("kind", ["npy", "damaged"])
+def test_a_codebook_that_is_not_one_is_named(here, capsys, kind):
+    if kind == "npy":
+        name, fragment = "x.npy", "not a vqcore codebook file"
+    else:
+        name, fragment = "bad.npz", "not a vqcore file / damaged"
+        (here[0] / name).write_bytes((here[0] / "cb.npz").read_bytes()[:500])
+    for argv in (["encode", name, "x.npy", "-o", "c.npy"], ["info", name]):
+        code, _, err = run_main(capsys, *argv)
+        line = one_error_line(err)
+        assert code == 2 and fragment in line and name in line and "pickle" not in line, line
+
+
+def test_uneven_shards_keep_every_batch_within_batch_size():
+    """Ranks holding 2000 and 10 rows with --batch-size 16: no rank's batch exceeds 16 rows."""
+    from vqcore.cli.fit import Schedule
+
+    all_rows = [2000, 10]
+    for rank, n in enumerate(all_rows):
+        schedule = Schedule(np.zeros((n, 2)), 16, all_rows, 0, None, None)
+        sizes = np.diff(schedule.bounds)
+        assert sizes.max() <= 16 and sizes.sum() == n and len(sizes) == 125, (rank, sizes)
+        assert schedule.step_rows.sum() == sum(all_rows)
+
+
+@pytest.mark.parametrize("rank, size, sources, expected", [
+    (1, 2, ["x.npy"], (1500, 3000)),
+    (2, 3, ["s-{rank}.npy"], (2000, 3000)),
+])
+def test_shares_of_ranks(here, rank, size, sources, expected):
+    path, x = here
+    for r in range(3):
+        np.save(path / f"s-{r}.npy", x[1000 * r:1000 * r + 1000])
+    rows = data.open_share(sources, rank, size)
+    np.testing.assert_array_equal(rows.read(0, len(rows)), x[expected[0]:expected[1]])
+
+
+@pytest.mark.parametrize("sources, fragment", [
+    (["s-{rank}.npy", "x.npy"], "x.npy: is a plain file beside the {rank} pattern"),
+    (["s-{rank}.npy"], "s-2.npy: exists but only 2 ranks run"),
+])
+def test_rank_patterns_under_mpiexec_refuse_what_no_rank_or_every_rank_would_read(here, sources, fragment):
+    path, x = here
+    for r in range(3):
+        np.save(path / f"s-{r}.npy", x[:10])
+    with pytest.raises(data.InputError) as caught:
+        data.open_share(sources, 0, 2)
+    assert fragment in str(caught.value)
