@@ -8,6 +8,7 @@ operations, and the level constants are computed once per device instead of per 
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 from torch import nn
@@ -15,6 +16,7 @@ from torch import nn
 __all__ = ["FSQ"]
 
 INDEX_LIMIT = 2 ** 31  # indices are int32, as in the seed
+MAX_TILES = 256  # codes per row of the fused bound/round (see _BoundRound)
 
 
 # -- checks and layouts shared with LFQ -------------------------------------------------------------
@@ -82,9 +84,12 @@ def restore_layout(out, indices, spatial):
     return out, indices.reshape(b, *spatial, indices.shape[-1])
 
 
+_HAS_CUDA = torch.cuda.is_available()
+
+
 def no_cuda_autocast():
     """The seed's ``@autocast(enabled=False)``: CUDA autocast off (CPU autocast untouched)."""
-    if torch.cuda.is_available():
+    if _HAS_CUDA:
         return torch.autocast("cuda", enabled=False)
     return contextlib.nullcontext()
 
@@ -140,11 +145,12 @@ class _LevelConstants:
         self.exact_in_float32 = int(levels.prod()) <= 2 ** 24
         self._on = {}
 
-    def on(self, device):
-        """``(shift, half_l, offset, half_width)`` on ``device``."""
-        key = str(device)
+    def on(self, device, tiles=1):
+        """``(shift, half_l, offset, half_width)`` on ``device``, each repeated ``tiles`` times."""
+        key = (str(device), tiles)
         if key not in self._on:
-            self._on[key] = tuple(t.to(device) for t in (self.shift, self.half_l, self.offset, self.half_width))
+            self._on[key] = tuple(t.repeat(tiles).to(device)
+                                  for t in (self.shift, self.half_l, self.offset, self.half_width))
         return self._on[key]
 
     def basis_on(self, dtype, device):
@@ -154,31 +160,50 @@ class _LevelConstants:
             self._on[key] = self.basis.to(device=device, dtype=dtype)
         return self._on[key]
 
+    def indices(self, rounded):
+        """int32 indices (n,) of integer levels ``rounded`` (n, d) in [-half_width, half_width].
+
+        One dot product per code, exact: integers below 2**24 in float32 (2**53 in float64).
+        """
+        if rounded.dtype != torch.float64 and not self.exact_in_float32:
+            rounded = rounded.double()
+        flat = rounded @ self.basis_on(rounded.dtype, rounded.device)
+        return flat.add_(self.index_base).to(torch.int32)
+
 
 class _BoundRound(torch.autograd.Function):
     """``round(tanh(z + shift) * half_l - offset) / half_width`` with the straight-through gradient.
 
-    Returns the normalised codes (differentiable) and the rounded integer levels
-    ``r`` in ``[-half_width, half_width]`` (not differentiable). The backward applies
-    the seed's chain ``((g / half_width) * half_l) * (1 - t**2)`` in the same order.
+    Returns the normalised codes (differentiable) and their int32 indices (not
+    differentiable), from three buffers per call. The backward applies the seed's chain
+    ``((g / half_width) * half_l) * (1 - t**2)`` in the same order, so gradients agree
+    bit for bit.
     """
 
     @staticmethod
-    def forward(ctx, z, shift, half_l, offset, half_width):
-        t = torch.tanh(z + shift)  # promotes to float32 at least, as the seed's bound does
+    def forward(ctx, z, constants):
+        d = z.shape[-1]
+        # Rows of up to MAX_TILES codes with constants repeated to match: elementwise ops then run
+        # contiguous and vectorised instead of broadcasting a (d,) vector over rows of d values.
+        tiles = math.gcd(z.numel() // d, MAX_TILES) if d else 1
+        shape = (-1, tiles * d)
+        shift, half_l, offset, half_width = constants.on(z.device, tiles)
+        t = torch.add(z.reshape(shape), shift).tanh_()  # promotes to float32 at least, like the seed's bound
         rounded = torch.mul(t, half_l).sub_(offset).round_()
-        codes = rounded / half_width
+        indices = constants.indices(rounded.view(-1, d)).view(z.shape[:-1])
+        codes = rounded.div_(half_width).view(z.shape)
         ctx.save_for_backward(t, half_l, half_width)
-        ctx.z_dtype = z.dtype
-        ctx.mark_non_differentiable(rounded)
-        return codes, rounded
+        ctx.z_shape, ctx.z_dtype = z.shape, z.dtype
+        ctx.mark_non_differentiable(indices)
+        return codes, indices
 
     @staticmethod
-    def backward(ctx, grad_codes, grad_rounded):
+    def backward(ctx, grad_codes, grad_indices):
         t, half_l, half_width = ctx.saved_tensors
-        grad = (grad_codes / half_width).mul_(half_l)
-        grad = torch.ops.aten.tanh_backward(grad, t)  # the seed's tanh gradient, bit for bit
-        return grad.to(ctx.z_dtype), None, None, None, None
+        grad = torch.div(grad_codes.reshape(t.shape), half_width).mul_(half_l)
+        # the seed's tanh gradient, bit for bit, written over the same buffer
+        grad = torch.ops.aten.tanh_backward.grad_input(grad, t, grad_input=grad)
+        return grad.view(ctx.z_shape).to(ctx.z_dtype), None
 
 
 class FSQ(nn.Module):
@@ -253,8 +278,7 @@ class FSQ(nn.Module):
 
     def quantize(self, z):
         """Quantize ``z`` of shape (..., codebook_dim) to normalised codes in [-1, 1], straight-through."""
-        shift, half_l, offset, half_width = self._constants.on(z.device)
-        codes, _ = _BoundRound.apply(z, shift, half_l, offset, half_width)
+        codes, _ = _BoundRound.apply(z, self._constants)
         return codes
 
     def codes_to_indices(self, zhat):
@@ -264,14 +288,6 @@ class FSQ(nn.Module):
         half_width = self._levels // 2
         shifted = zhat * half_width + half_width
         return (shifted * self._basis).sum(dim=-1).round().to(torch.int32)
-
-    def _indices_from_rounded(self, rounded):
-        """Indices from the integer levels in [-half_width, half_width]: one exact dot product per code."""
-        constants = self._constants
-        if rounded.dtype != torch.float64 and not constants.exact_in_float32:
-            rounded = rounded.double()
-        flat = rounded.reshape(-1, self.codebook_dim) @ constants.basis_on(rounded.dtype, rounded.device)
-        return flat.add_(constants.index_base).to(torch.int32).reshape(rounded.shape[:-1])
 
     def _codes_from_indices(self, indices):
         """(...,) indices -> (..., codebook_dim) normalised codes, float32."""
@@ -318,9 +334,7 @@ class FSQ(nn.Module):
         with no_cuda_autocast():
             z, layout = channel_last_tokens(z, self.dim)
             z = split_codebooks(self.project_in(z), self.num_codebooks)
-            shift, half_l, offset, half_width = self._constants.on(z.device)
-            codes, rounded = _BoundRound.apply(z, shift, half_l, offset, half_width)
-            indices = self._indices_from_rounded(rounded)
+            codes, indices = _BoundRound.apply(z, self._constants)
             out = self.project_out(codes.flatten(-2))
         out, indices = restore_layout(out, indices, layout)
         if not self.keep_num_codebooks_dim:
