@@ -277,3 +277,22 @@ def test_training_on_shards_equals_one_process_on_the_concatenation(ranks):
     # RQ (plain, grouped) and PQ k-means fits and RQ EMA steps; rank 1 holds no rows
     result = run_mpi("residual.py", ranks)
     assert result.returncode == 0 and f"OK {ranks}" in result.stdout, describe(result)
+
+
+def test_beam_training_starts_like_greedy_training_and_encodes_in_chunks(monkeypatch):
+    x = clustered(900, 6, seed=6)
+    greedy = vqcore.ResidualQuantizer(6, 8, 3, seed=0).fit(x, iters=4, progress=False)
+    same = vqcore.ResidualQuantizer(6, 8, 3, seed=0).fit(x, iters=4, beam_size=1, progress=False)
+    np.testing.assert_array_equal(same.codebooks, greedy.codebooks)
+    beamed = vqcore.ResidualQuantizer(6, 8, 3, beam_size=3, seed=0).fit(x, iters=4, progress=False)
+    np.testing.assert_array_equal(beamed.codebooks[0], greedy.codebooks[0])  # stage 0 sees the input in both
+    assert not np.array_equal(beamed.codebooks[1], greedy.codebooks[1])  # later stages see the beams' residuals
+    whole = beamed.encode(x)
+    monkeypatch.setattr(vqcore.residual, "BEAM_CHUNK_ROWS", 64)
+    np.testing.assert_array_equal(beamed.encode(x), whole)
+
+
+def test_beam_training_refines_from_beam_codes():
+    x = clustered(900, 6, seed=7)
+    rq = vqcore.ResidualQuantizer(6, 8, 3, beam_size=2, seed=0).fit(x, iters=4, refine=1, progress=False)
+    assert rq.score(x)["mse"] < rq.score(x, beam_size=1)["mse"] * 1.01

@@ -35,11 +35,12 @@ x = (centers[rng.integers(0, 6, TOTAL)] + rng.standard_normal((TOTAL, DIM))).ast
 mine = my_shard(x, ROWS, rank)
 fit = dict(iters=4, progress=False, max_points_per_cluster=40)
 
-# RQ-KMeans, plain and grouped
-for groups in (1, 2):
-    serial = vqcore.ResidualQuantizer(DIM, 8, 2, groups=groups, seed=0).fit(x, init="k-means||", **fit)
-    ours = vqcore.ResidualQuantizer(DIM, 8, 2, groups=groups, seed=0, comm=comm).fit(mine, init=INIT, **fit)
-    close(ours.state_dict(), serial.state_dict(), f"RQ groups={groups}")
+# RQ-KMeans, plain, grouped and trained with a beam
+for groups, beam in ((1, 1), (2, 1), (1, 3)):
+    options = dict(groups=groups, beam_size=beam, seed=0)
+    serial = vqcore.ResidualQuantizer(DIM, 8, 2, **options).fit(x, init="k-means||", **fit)
+    ours = vqcore.ResidualQuantizer(DIM, 8, 2, comm=comm, **options).fit(mine, init=INIT, **fit)
+    close(ours.state_dict(), serial.state_dict(), f"RQ groups={groups} beam={beam}")
     assert same_on_all_ranks(ours.state_dict())
     want = serial.score(x)
     got = ours.score(mine)
