@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from vqcore.fsq import FSQ, ResidualFSQ
+from vqcore.io import load
 from vqcore.lfq import LFQ, ResidualLFQ
 from vqcore.state import write_npz
 
@@ -52,6 +53,8 @@ def test_fsq_twin(kwargs, tmp_path):
         torch.arange(layer.codebook_size)).numpy())
     twin.save(tmp_path / "fsq.npz")
     check_twin(FSQ.load(tmp_path / "fsq.npz"), codes, indices, x)
+    loaded = load(tmp_path / "fsq.npz")  # vqcore.load picks the class from the file's kind
+    assert isinstance(loaded, FSQ) and loaded.config == twin.config
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -68,6 +71,7 @@ def test_lfq_twin(kwargs, tmp_path):
     np.testing.assert_array_equal(twin.codebook, layer.codebook.numpy())
     twin.save(tmp_path / "lfq.npz")
     check_twin(LFQ.load(tmp_path / "lfq.npz"), codes, indices, x)
+    assert isinstance(load(tmp_path / "lfq.npz"), LFQ)
 
 
 @pytest.mark.parametrize("dim,levels,num_quantizers", [(12, [8, 5, 5, 3], 4), (4, [7, 6, 5, 4], 3)])
@@ -90,6 +94,7 @@ def test_residual_fsq_loads_the_seed_and_matches_it(dim, levels, num_quantizers,
     np.testing.assert_allclose(twin.decode(coarse), expected, rtol=1e-6, atol=1e-6)
     twin.save(tmp_path / "rfsq.npz")
     check_twin(ResidualFSQ.load(tmp_path / "rfsq.npz"), codes, indices.astype(np.int32), x)
+    assert isinstance(load(tmp_path / "rfsq.npz"), ResidualFSQ)
 
 
 @pytest.mark.parametrize("dim,codebook_size,num_quantizers", [(12, 64, 4), (5, 32, 3)])
@@ -109,6 +114,7 @@ def test_residual_lfq_loads_the_seed_and_matches_it(dim, codebook_size, num_quan
     np.testing.assert_allclose(twin.decode(indices), expected, rtol=1e-6, atol=1e-6)
     twin.save(tmp_path / "rlfq.npz")
     check_twin(ResidualLFQ.load(tmp_path / "rlfq.npz"), codes, indices, x)
+    assert isinstance(load(tmp_path / "rlfq.npz"), ResidualLFQ)
 
 
 def test_bad_input(tmp_path):

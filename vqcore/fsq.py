@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .io import register
 from .state import check_state, read_npz, to_numpy, write_npz
 
 __all__ = ["FSQ", "ResidualFSQ"]
@@ -16,7 +17,7 @@ __all__ = ["FSQ", "ResidualFSQ"]
 INDEX_LIMIT = 2 ** 31
 
 
-def _check_int(name, value, minimum=1):
+def check_int(name, value, minimum=1):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {value!r}.")
     if value < minimum:
@@ -138,8 +139,8 @@ class Projected:
         write_npz(path, kind=self.KIND, config=self.config, state=self.state_dict())
 
     @classmethod
-    def load(cls, path):
-        """Read a quantizer written by :meth:`save`.
+    def load(cls, path, *, seed=None, comm=None):
+        """Read a quantizer written by :meth:`save` (``seed`` and ``comm``: accepted for ``vqcore.load``, unused).
 
         Raises
         ------
@@ -148,7 +149,7 @@ class Projected:
         """
         config, state = read_npz(path, kind=cls.KIND)
         try:
-            quantizer = cls(**config)
+            quantizer = cls(**config, seed=seed)
         except TypeError as exc:
             raise ValueError(f"{path}: configuration {config} does not fit {cls.__name__} ({exc})") from None
         return quantizer.load_state_dict(state)
@@ -195,6 +196,7 @@ class _Levels:
         return ((digits - self.half_width) / self.half_width).astype(np.float32)
 
 
+@register("FSQ")
 class FSQ(Projected):
     """Finite scalar quantization (numpy twin of ``vqtorch.FSQ``): encode to indices, decode to codes.
 
@@ -220,10 +222,10 @@ class FSQ(Projected):
 
     def __init__(self, levels, dim=None, num_codebooks=1, keep_num_codebooks_dim=None, seed=None):
         levels = check_levels(levels)
-        num_codebooks = _check_int("num_codebooks", num_codebooks)
+        num_codebooks = check_int("num_codebooks", num_codebooks)
         keep = resolve_keep_dim(num_codebooks, keep_num_codebooks_dim)
         inner = len(levels) * num_codebooks
-        dim = inner if dim is None else _check_int("dim", dim)
+        dim = inner if dim is None else check_int("dim", dim)
         super().__init__(dim, inner, seed)
         self._levels = _Levels(levels)
         self.levels = levels
@@ -259,6 +261,7 @@ class FSQ(Projected):
         return self.decode(indices), indices
 
 
+@register("ResidualFSQ")
 class ResidualFSQ(Projected):
     """Residual FSQ (numpy twin of vector-quantize-pytorch's ``ResidualFSQ``, eval mode).
 
@@ -279,8 +282,8 @@ class ResidualFSQ(Projected):
 
     def __init__(self, dim, levels, num_quantizers, seed=None):
         levels = check_levels(levels)
-        num_quantizers = _check_int("num_quantizers", num_quantizers)
-        super().__init__(_check_int("dim", dim), len(levels), seed)
+        num_quantizers = check_int("num_quantizers", num_quantizers)
+        super().__init__(check_int("dim", dim), len(levels), seed)
         self._levels = _Levels(levels)
         self.levels = levels
         self.num_quantizers = num_quantizers
@@ -302,7 +305,7 @@ class ResidualFSQ(Projected):
 
     def decode(self, indices):
         """Sum of the scaled codes of ``indices`` (..., q <= num_quantizers), -1 = dropped; then ``project_out``."""
-        indices = _check_quantizers(indices, self.num_quantizers)
+        indices = check_quantizers(indices, self.num_quantizers)
         indices = check_codes_in(indices, self.codebook_size, allow_dropped=True)
         total = np.zeros(indices.shape[:-1] + (self.inner_dim,), dtype=np.float32)
         for q in range(indices.shape[-1]):
@@ -312,7 +315,7 @@ class ResidualFSQ(Projected):
         return self._out(total)
 
 
-def _check_quantizers(indices, num_quantizers):
+def check_quantizers(indices, num_quantizers):
     indices = np.asarray(indices)
     if indices.ndim < 1 or not 1 <= indices.shape[-1] <= num_quantizers:
         raise ValueError(f"indices must have shape (..., q) with 1 <= q <= num_quantizers={num_quantizers}, "

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fsq import Projected, _check_int, _check_quantizers, check_codes_in, check_features, resolve_keep_dim
+from .fsq import Projected, check_int, check_quantizers, check_codes_in, check_features, resolve_keep_dim
+from .io import register
 
 __all__ = ["LFQ", "ResidualLFQ"]
 
@@ -19,7 +20,7 @@ MAX_CODEBOOK_DIM = 30
 
 def check_codebook_size(codebook_size):
     """``(codebook_size, log2(codebook_size))`` for a power of two in [2, 2**30] (ValueError otherwise)."""
-    codebook_size = _check_int("codebook_size", codebook_size)
+    codebook_size = check_int("codebook_size", codebook_size)
     if codebook_size < 2 or codebook_size & (codebook_size - 1) or codebook_size > 2 ** MAX_CODEBOOK_DIM:
         suggested = 2 ** min(MAX_CODEBOOK_DIM, max(1, (codebook_size - 1).bit_length()))
         raise ValueError(f"codebook_size must be a power of 2 in [2, 2**{MAX_CODEBOOK_DIM}] for lookup-free "
@@ -49,6 +50,7 @@ class _Bits:
         return bits * self.scale * np.float32(2) - self.scale
 
 
+@register("LFQ")
 class LFQ(Projected):
     """Lookup-free quantization (numpy twin of ``vqtorch.LFQ``, eval mode): encode and decode.
 
@@ -71,14 +73,14 @@ class LFQ(Projected):
 
     def __init__(self, dim=None, codebook_size=None, num_codebooks=1, keep_num_codebooks_dim=None,
                  codebook_scale=1.0, seed=None):
-        num_codebooks = _check_int("num_codebooks", num_codebooks)
+        num_codebooks = check_int("num_codebooks", num_codebooks)
         if dim is None and codebook_size is None:
             raise ValueError("LFQ needs dim or codebook_size (or both); e.g. LFQ(codebook_size=2**16).")
         if codebook_size is None:
-            codebook_size = 2 ** min(_check_int("dim", dim), MAX_CODEBOOK_DIM + 1)
+            codebook_size = 2 ** min(check_int("dim", dim), MAX_CODEBOOK_DIM + 1)
         codebook_size, codebook_dim = check_codebook_size(codebook_size)
         inner = codebook_dim * num_codebooks
-        dim = inner if dim is None else _check_int("dim", dim)
+        dim = inner if dim is None else check_int("dim", dim)
         super().__init__(dim, inner, seed)
         self.codebook_size = codebook_size
         self.codebook_dim = codebook_dim
@@ -117,6 +119,7 @@ class LFQ(Projected):
         return self.decode(indices), indices
 
 
+@register("ResidualLFQ")
 class ResidualLFQ(Projected):
     """Residual LFQ (numpy twin of vector-quantize-pytorch's ``ResidualLFQ``, eval mode).
 
@@ -136,8 +139,8 @@ class ResidualLFQ(Projected):
 
     def __init__(self, dim, num_quantizers, codebook_size, seed=None):
         codebook_size, codebook_dim = check_codebook_size(codebook_size)
-        num_quantizers = _check_int("num_quantizers", num_quantizers)
-        super().__init__(_check_int("dim", dim), codebook_dim, seed)
+        num_quantizers = check_int("num_quantizers", num_quantizers)
+        super().__init__(check_int("dim", dim), codebook_dim, seed)
         self.codebook_size = codebook_size
         self.codebook_dim = codebook_dim
         self.num_quantizers = num_quantizers
@@ -158,7 +161,7 @@ class ResidualLFQ(Projected):
 
     def decode(self, indices):
         """Sum of the codes of ``indices`` (..., q <= num_quantizers), -1 = dropped; then ``project_out``."""
-        indices = _check_quantizers(indices, self.num_quantizers)
+        indices = check_quantizers(indices, self.num_quantizers)
         indices = check_codes_in(indices, self.codebook_size, allow_dropped=True)
         total = np.zeros(indices.shape[:-1] + (self.inner_dim,), dtype=np.float32)
         for q in range(indices.shape[-1]):
