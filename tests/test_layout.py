@@ -31,3 +31,22 @@ def test_split_merge_indices_and_mask_follow_the_seed(b, n, h, d, separate):
     mask_want = rearrange(np.broadcast_to(mask[..., None], (b, n, h)), "b n h -> h (b n)" if separate
                           else "b n h -> 1 (b h n)")
     np.testing.assert_array_equal(layout.mask(mask), mask_want)
+
+
+@pytest.mark.parametrize("b, n, h, d, separate", CASES)
+def test_torch_layout_matches_the_numpy_one(b, n, h, d, separate):
+    torch = pytest.importorskip("torch")
+    from vqtorch.layout import HeadLayout as TorchHeadLayout
+
+    rng = np.random.default_rng(1)
+    z = rng.standard_normal((b, n, h * d)).astype(np.float32)
+    ours, theirs = TorchHeadLayout(h, separate), HeadLayout(h, separate)
+    split = ours.split(torch.from_numpy(z))
+    np.testing.assert_array_equal(split.reshape(theirs.num_codebooks, -1, d).numpy(), theirs.split(z))
+    torch.testing.assert_close(ours.merge(split, b), torch.from_numpy(z))
+    codes = torch.from_numpy(rng.integers(0, 50, split.shape[:-1]))
+    np.testing.assert_array_equal(ours.indices(codes, b).numpy(),
+                                  theirs.indices(codes.reshape(theirs.num_codebooks, -1).numpy(), b, n))
+    mask = rng.random((b, n)) < 0.5
+    np.testing.assert_array_equal(ours.mask(torch.from_numpy(mask)).reshape(theirs.num_codebooks, -1).numpy(),
+                                  theirs.mask(mask))

@@ -263,9 +263,7 @@ class _Codebook(nn.Module):
         c, b, n, d = x.shape
         flatten = x.reshape(c, b * n, d)
         if mask is not None:
-            # The seed's 'b n -> c (b h n)' expansion: h copies of each batch row's mask.
-            reps = (b * n) // (mask.shape[0] * mask.shape[1])
-            mask = mask.unsqueeze(1).expand(-1, reps, -1).reshape(1, -1).expand(c, -1)
+            mask = mask.reshape(c, -1)  # given in x's layout (vqtorch.layout.HeadLayout.mask)
 
         backend = select_backend(self.backend, flatten)
         self._init_embed(flatten, mask, backend)

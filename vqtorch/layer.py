@@ -8,6 +8,7 @@ from torch import nn
 
 from .codebook import CosineSimCodebook, EuclideanCodebook
 from .config import VQConfig
+from .layout import HeadLayout
 from .losses import masked_mse, orthogonal_loss
 
 __all__ = ["VectorQuantize"]
@@ -46,25 +47,10 @@ class VectorQuantize(nn.Module):
         args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         cfg = VQConfig(**args)
         self.config = cfg
-        self.dim = dim
-        self.heads = heads
-        self.separate_codebook_per_head = separate_codebook_per_head
-        self.codebook_size = codebook_size
-        self.eps = eps
-        self.commitment_weight = commitment_weight
-        self.commitment_use_cross_entropy_loss = commitment_use_cross_entropy_loss
-        self.learnable_codebook = learnable_codebook
-        self.has_codebook_orthogonal_loss = orthogonal_reg_weight > 0
-        self.orthogonal_reg_weight = orthogonal_reg_weight
-        self.orthogonal_reg_active_codes_only = orthogonal_reg_active_codes_only
-        self.orthogonal_reg_max_codes = orthogonal_reg_max_codes
-        self.sync_update_v = sync_update_v
-        self.accept_image_fmap = accept_image_fmap
-        self.channel_last = channel_last
+        self.layout = HeadLayout(cfg.heads, cfg.separate_codebook_per_head)
 
         codebook_dim = cfg.effective_codebook_dim
         inner = codebook_dim * heads
-        self.has_projections = inner != dim
         # Same construction order as the seed, so a shared torch seed gives the same initial weights.
         self.project_in = nn.Linear(dim, inner) if self.has_projections else nn.Identity()
         self.project_out = nn.Linear(inner, dim) if self.has_projections else nn.Identity()
@@ -89,6 +75,24 @@ class VectorQuantize(nn.Module):
             in_place_codebook_optimizer(self._codebook.parameters())
             if in_place_codebook_optimizer is not None else None
         )
+
+    # -- the options, read from the config (the seed's attribute names) ----------------------------
+    dim = property(lambda self: self.config.dim)
+    heads = property(lambda self: self.config.heads)
+    separate_codebook_per_head = property(lambda self: self.config.separate_codebook_per_head)
+    codebook_size = property(lambda self: self.config.codebook_size)
+    eps = property(lambda self: self.config.eps)
+    commitment_weight = property(lambda self: self.config.commitment_weight)
+    commitment_use_cross_entropy_loss = property(lambda self: self.config.commitment_use_cross_entropy_loss)
+    learnable_codebook = property(lambda self: self.config.learnable_codebook)
+    has_codebook_orthogonal_loss = property(lambda self: self.config.orthogonal_reg_weight > 0)
+    orthogonal_reg_weight = property(lambda self: self.config.orthogonal_reg_weight)
+    orthogonal_reg_active_codes_only = property(lambda self: self.config.orthogonal_reg_active_codes_only)
+    orthogonal_reg_max_codes = property(lambda self: self.config.orthogonal_reg_max_codes)
+    sync_update_v = property(lambda self: self.config.sync_update_v)
+    accept_image_fmap = property(lambda self: self.config.accept_image_fmap)
+    channel_last = property(lambda self: self.config.channel_last)
+    has_projections = property(lambda self: self.config.has_projections)
 
     # -- codebook access -----------------------------------------------------------------------
 
@@ -178,40 +182,9 @@ class VectorQuantize(nn.Module):
         if indices is not None:
             self._check_indices(indices)
 
-    def _split_heads(self, x):
-        if self.heads == 1:
-            return x
-        b, n, _ = x.shape
-        x = x.view(b, n, self.heads, -1)
-        if self.separate_codebook_per_head:
-            return x.permute(2, 0, 1, 3)
-        return x.permute(0, 2, 1, 3).reshape(1, b * self.heads, n, -1)
-
-    def _merge_heads(self, q, b):
-        if self.heads == 1:
-            return q
-        if self.separate_codebook_per_head:
-            return q.permute(1, 2, 0, 3).reshape(b, q.shape[2], -1)
-        n = q.shape[2]
-        return q[0].view(b, self.heads, n, -1).permute(0, 2, 1, 3).reshape(b, n, -1)
-
-    def _indices_out(self, ind, b):
-        """Codebook-layout indices -> (b, n) or (b, n, h)."""
-        if self.heads == 1:
-            return ind
-        if self.separate_codebook_per_head:
-            return ind.permute(1, 2, 0)
-        return ind[0].view(b, self.heads, -1).permute(0, 2, 1)
-
     def _ce_loss(self, distances, codes, b):
         """Cross entropy of the codes (b, n[, h]) under the negative distances, -1 ignored."""
-        if self.heads == 1:
-            logits = distances[0].permute(0, 2, 1)
-        elif self.separate_codebook_per_head:
-            logits = distances.permute(1, 3, 2, 0)
-        else:
-            c, bh, n, k = distances.shape
-            logits = distances[0].view(b, self.heads, n, k).permute(0, 3, 2, 1)
+        logits = self.layout.logits(distances, b)
         target = codes.reshape(b, *logits.shape[2:])
         return F.cross_entropy(logits, target, ignore_index=-1)
 
@@ -220,79 +193,93 @@ class VectorQuantize(nn.Module):
     def forward(self, x, indices=None, mask=None, sample_codebook_temp=None, freeze_codebook=False):
         """Quantize ``x``; see the class notes for what is returned."""
         self._check_input(x, indices, mask)
-        orig_input = x
+        tokens, layout = self._to_tokens(x)
+        b = tokens.shape[0]
+        z = self._codebook.transform_input(self.layout.split(self.project_in(tokens)))
+        z_mask = None if mask is None else self.layout.mask(mask)
+        quantize, codes, distances, commit_quantize = self._quantize(
+            z, z_mask, need_distances=indices is not None, sample_codebook_temp=sample_codebook_temp,
+            freeze_codebook=freeze_codebook)
+        if indices is not None:
+            return quantize, self._ce_loss(distances, indices, b)
+        codes = self._codes_out(codes, b, layout)
+        loss = torch.tensor([0.0], device=z.device, requires_grad=self.training)
+        if self.training:
+            loss = loss + self._training_loss(z, commit_quantize, codes, distances, mask, z_mask, b)
+        out = self.project_out(self.layout.merge(quantize.to(z.dtype), b))
+        return self._from_tokens(out, layout, x, mask), codes, loss
+
+    def _to_tokens(self, x):
+        """Input of any accepted layout -> ``(b, n, dim)``, and what :meth:`_from_tokens` needs to undo it."""
         only_one = x.ndim == 2
         if only_one:
             x = x.unsqueeze(1)
-        b = x.shape[0]
-        need_transpose = not self.channel_last and not self.accept_image_fmap
+        image_hw = x.shape[-2:] if self.accept_image_fmap else None
         if self.accept_image_fmap:
-            height, width = x.shape[-2:]
             x = x.flatten(2).transpose(1, 2)
-        if need_transpose:
+        transposed = not self.channel_last and not self.accept_image_fmap
+        if transposed:
             x = x.transpose(1, 2)
+        return x, (only_one, image_hw, transposed)
 
-        x = self.project_in(x)
-        x = self._split_heads(x)
-        x = self._codebook.transform_input(x)
+    def _from_tokens(self, out, layout, original, mask):
+        """``(b, n, dim)`` -> the input's layout and dtype; masked positions give back the input."""
+        only_one, image_hw, transposed = layout
+        if transposed:
+            out = out.transpose(1, 2)
+        if image_hw is not None:
+            out = out.transpose(1, 2).reshape(out.shape[0], -1, *image_hw)
+        if only_one:
+            out = out[:, 0]
+        if mask is not None:
+            out = torch.where(mask.unsqueeze(-1), out, original)
+        return out.to(original.dtype)
 
-        return_loss = indices is not None
+    def _codes_out(self, codes, b, layout):
+        """Codebook-layout codes -> the seed's index layout for this input."""
+        only_one, image_hw, _ = layout
+        codes = self.layout.indices(codes, b)
+        if image_hw is not None:
+            codes = codes.reshape(b, *image_hw, *codes.shape[2:])
+        return codes[:, 0] if only_one else codes
+
+    def _quantize(self, z, z_mask, *, need_distances, sample_codebook_temp, freeze_codebook):
+        """Codebook step (and the in-place optimizer), then the straight-through output in training.
+
+        Returns ``(quantize, codes, distances, commit_quantize)``: ``commit_quantize`` is what the
+        commitment loss compares with ``z`` (detached unless the codebook learns by gradient).
+        """
         ce_commit = self.training and self.commitment_weight > 0 and self.commitment_use_cross_entropy_loss
-        cb_kwargs = dict(sample_codebook_temp=sample_codebook_temp, mask=mask, freeze_codebook=freeze_codebook,
-                         need_distances=return_loss or ce_commit)
-        quantize, embed_ind, distances = self._codebook(x, **cb_kwargs)
-
+        step = dict(sample_codebook_temp=sample_codebook_temp, mask=z_mask, freeze_codebook=freeze_codebook,
+                    need_distances=need_distances or ce_commit)
+        quantize, codes, distances = self._codebook(z, **step)
         if self.in_place_codebook_optimizer is not None and self.training and not freeze_codebook:
-            masked_mse(quantize, x.detach(), mask).backward()
+            masked_mse(quantize, z.detach(), z_mask).backward()
             self.in_place_codebook_optimizer.step()
             self.in_place_codebook_optimizer.zero_grad()
-            quantize, embed_ind, distances = self._codebook(x, **cb_kwargs)
-
+            quantize, codes, distances = self._codebook(z, **step)
+        commit_quantize = None
         if self.training:
             keep_grad = self.learnable_codebook and not freeze_codebook
             commit_quantize = quantize if keep_grad else quantize.detach()
-            # Straight-through: the output carries x's gradient.
-            quantize = x + (quantize - x).detach()
+            # Straight-through: the output carries z's gradient.
+            quantize = z + (quantize - z).detach()
             if self.sync_update_v > 0:
                 # Rule (21) of https://minyoungg.github.io/vqtorch/assets/draft_050523.pdf as the seed has it.
                 quantize = quantize + self.sync_update_v * (quantize - quantize.detach())
+        return quantize, codes, distances, commit_quantize
 
-        if return_loss:
-            return quantize, self._ce_loss(distances, indices, b)
-
-        embed_ind = self._indices_out(embed_ind, b)
-        if self.accept_image_fmap:
-            embed_ind = embed_ind.reshape(b, height, width, *embed_ind.shape[2:])
-        if only_one:
-            embed_ind = embed_ind[:, 0]
-
-        loss = torch.tensor([0.0], device=x.device, requires_grad=self.training)
-        if self.training:
-            loss = loss + self._training_loss(x, commit_quantize, embed_ind, distances, mask, b)
-
-        quantize = self._merge_heads(quantize.to(x.dtype), b)
-        quantize = self.project_out(quantize)
-        if need_transpose:
-            quantize = quantize.transpose(1, 2)
-        if self.accept_image_fmap:
-            quantize = quantize.transpose(1, 2).reshape(b, -1, height, width)
-        if only_one:
-            quantize = quantize[:, 0]
-        if mask is not None:
-            quantize = torch.where(mask.unsqueeze(-1), quantize, orig_input)
-        return quantize.to(orig_input.dtype), embed_ind, loss
-
-    def _training_loss(self, x, commit_quantize, embed_ind, distances, mask, b):
+    def _training_loss(self, z, commit_quantize, embed_ind, distances, mask, z_mask, b):
+        """Commitment (MSE or cross entropy) and orthogonal regularisation, weighted."""
         loss = 0.0
         if self.commitment_weight > 0:
             if self.commitment_use_cross_entropy_loss:
                 if mask is not None:
                     # The seed marks masked positions in the returned indices too.
-                    ce_mask = mask if self.heads == 1 else mask.unsqueeze(-1).expand(-1, -1, self.heads)
-                    embed_ind.masked_fill_(~ce_mask, -1)
+                    embed_ind.masked_fill_(~self.layout.index_mask(mask), -1)
                 commit = self._ce_loss(distances, embed_ind, b)
             else:
-                commit = masked_mse(commit_quantize, x, mask)
+                commit = masked_mse(commit_quantize, z, z_mask)
             loss = loss + commit * self.commitment_weight
         if self.has_codebook_orthogonal_loss:
             codes = self._codebook.embed
@@ -300,7 +287,7 @@ class VectorQuantize(nn.Module):
                 codes = codes[:, torch.unique(embed_ind)]
             num_codes = codes.shape[-2]
             if self.orthogonal_reg_max_codes is not None and num_codes > self.orthogonal_reg_max_codes:
-                pick = torch.randperm(num_codes, device=x.device)[:self.orthogonal_reg_max_codes]
+                pick = torch.randperm(num_codes, device=z.device)[:self.orthogonal_reg_max_codes]
                 codes = codes[:, pick]
             loss = loss + orthogonal_loss(codes) * self.orthogonal_reg_weight
         return loss
