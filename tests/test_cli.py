@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import importlib.util
 import os
 import re
@@ -24,13 +26,32 @@ BLOBS, DIM, NOISE = 6, 8, 0.1
 PROGRESS_LINE = re.compile(r"^(fit|encode|decode):\s+\d+%\|")
 
 
-def vqcore_cmd(*args, cwd, mpi_ranks=None, timeout=120):
+def vqcore_cmd(*args, cwd, mpi_ranks=None, timeout=120, separate=False):
+    """Run ``vqcore args`` in ``cwd``: in a new process (``python -m vqcore``) under mpiexec or with
+    ``separate``, else in this one (the same ``cli.main``, without the interpreter's start-up)."""
+    if not (mpi_ranks or separate):
+        return in_process([*map(str, args)], cwd)
     command = [sys.executable, "-m", "vqcore", *map(str, args)]
     if mpi_ranks:
         command = [str(BIN / "mpiexec"), "-n", str(mpi_ranks), *command]
     env = dict(os.environ)
     env.pop("VQCORE_NUM_THREADS", None)
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def in_process(argv, cwd):
+    out, err = io.StringIO(), io.StringIO()
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(argv)
+            except SystemExit as exc:  # argparse's own errors
+                code = exc.code
+    finally:
+        os.chdir(old)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def summary_value(stdout, name):
@@ -76,7 +97,7 @@ def trained(tmp_path_factory):
     np.save(work / "x.npy", x)
     # twice as many codes as clusters and dead-code re-seeding: every cluster gets a code
     result = vqcore_cmd("fit", "x.npy", "-k", 2 * BLOBS, "--epochs", 4, "--batch-size", 500,
-                        "--dead-code-threshold", 2, "--seed", 0, "-o", "cb.npz", cwd=work)
+                        "--dead-code-threshold", 2, "--seed", 0, "-o", "cb.npz", cwd=work, separate=True)
     assert result.returncode == 0, result
     return work, x, result
 

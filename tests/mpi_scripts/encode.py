@@ -108,6 +108,13 @@ if size > 1:
             lines = err.strip().splitlines()
             check(len(lines) == 1 and name in lines[0] and fragment in lines[0], f"{source}: stderr {err!r}")
             check(not Path(f"{tag}-fail.npy").exists(), f"{source}: an output was written")
+    # a plain file beside a {rank} pattern would be read by every rank: refused on all of them
+    code, err = run("encode", "vq.npz", f"{tag}-part-{{rank}}.npy", "a.npy", "-o", f"{tag}-fail.npy")
+    check(code == 2 and (rank or "a.npy: is a plain file beside the {rank} pattern" in err), f"plain: {err!r}")
+
+# fit on uneven shards (rank 1 holds none): every rank takes the same steps, no one waits forever
+code, _ = run("fit", f"{tag}-part-{{rank}}.npy", "-k", 4, "--batch-size", 16, "--seed", 0, "-o", f"{tag}-fit.npz")
+check(code == 0, f"fit on uneven shards exited {code}")
 comm.allgather_object(None)
 if rank == 0:
     check(not leftovers(), f"temporary files left: {leftovers()}")
