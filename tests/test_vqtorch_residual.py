@@ -52,9 +52,10 @@ def _seed_python_random(module, base=1000):
 
 
 def _pair(seed_cls, our_cls, backend, seed=0, **kwargs):
+    """The seed's module and ours (``backend`` None: a class without that option) with the same state."""
     torch.manual_seed(seed)
     ref = seed_cls(**kwargs)
-    ours = our_cls(**kwargs, backend=backend)
+    ours = our_cls(**kwargs) if backend is None else our_cls(**kwargs, backend=backend)
     ours.load_state_dict(ref.state_dict(), strict=True)
     for module in (ref, ours):
         _seed_python_random(module)

@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 
-from tests.test_vqtorch_residual import _eval_decode_matches, _inputs, _pair, _seed_stopping_at
+from tests.test_vqtorch_residual import _eval_decode_matches, _inputs, _mask, _pair, _seed_stopping_at
 from tests.test_vqtorch_residual_readme import _alias_module, _run
 from tests.torch_reference import TOL, assert_state_equal, run_pair
 from vqtorch import GroupedResidualFSQ, GroupedResidualLFQ, ResidualFSQ, ResidualLFQ
@@ -26,13 +26,6 @@ pytestmark = [pytest.mark.filterwarnings("ignore:non-integer arguments to randra
 
 Q = 4
 LR = 0.05
-
-
-def _mask():
-    gen = torch.Generator().manual_seed(7)
-    mask = torch.rand(2, 24, generator=gen) > 0.3
-    mask[:, 0] = True
-    return mask
 
 
 # (name, seed class, our class, constructor kwargs, input dim, forward kwargs)
@@ -66,11 +59,8 @@ OURS = {"ResidualFSQ": ResidualFSQ, "GroupedResidualFSQ": GroupedResidualFSQ, "R
 
 
 def _make(name, kwargs):
-    """Seed and our module with the same state; ``backend`` is not an option of these classes."""
-    ref, ours = _pair(getattr(seed, name), lambda **kw: OURS[name](**{k: v for k, v in kw.items()
-                                                                       if k != "backend"}),
-                      None, num_quantizers=Q, **kwargs)
-    return ref, ours
+    """Seed and our module with the same state (these classes have no ``backend`` option)."""
+    return _pair(getattr(seed, name), OURS[name], None, num_quantizers=Q, **kwargs)
 
 
 @pytest.mark.parametrize("name,kwargs,fwd", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
