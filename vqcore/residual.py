@@ -249,15 +249,16 @@ def _beam_step(x_dot, cross, codes, error, c_sq, residual, codebook, scratch_dot
         picks = scratch_index[row]
         dots = scratch_dot[row]
         count = 0
+        two = np.float32(2.0)  # float32 literals keep the passes in float32 (vectorised)
         for j in range(b):
             # float32 scores of every code for this beam, in vectorised passes
             base = np.float32(error[row, j])
             for c in range(k):
-                dots[c] = base + c_sq[c] - 2 * x_dot[row, c]
+                dots[c] = base + (c_sq[c] - two * x_dot[row, c])
             for s in range(stage):  # r . c = x . c - sum of the earlier codes' products (contiguous rows)
                 earlier = cross[s, codes[row, j, s]]
                 for c in range(k):
-                    dots[c] += 2 * earlier[c]
+                    dots[c] += two * earlier[c]
             # one scalar scan; after the buffer fills almost every code fails the first comparison
             for c in range(k):
                 if count < keep or dots[c] < values[keep - 1]:
