@@ -44,3 +44,23 @@ def test_quantize_gradient_to_a_learnable_codebook_gradcheck():
         return gather_codes(embed, indices) + torch.bmm(soft, embed)
 
     assert torch.autograd.gradcheck(quantize, (embed,))
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+def test_straight_through_gradient_reaches_the_logits_as_the_softmax_jacobian(temperature):
+    # The estimator is not a true derivative (gradcheck on the logits cannot apply: the forward
+    # value does not move), so compare autograd with its defining formula:
+    # d/dlogits sum(w * quantize) = J_softmax(logits / t)^T (embed @ w_row) / t per row.
+    torch.manual_seed(1)
+    embed = torch.randn(2, 6, 3, dtype=torch.float64)
+    logits = (torch.randn(2, 9, 6, dtype=torch.float64) * 3).requires_grad_()
+    weights = torch.randn(2, 9, 3, dtype=torch.float64)
+    indices, soft = gumbel_select(logits, temperature=temperature, stochastic=False, straight_through=True,
+                                  reinmax=False, training=True)
+    quantize = gather_codes(embed, indices) + torch.bmm(soft, embed)
+    (quantize * weights).sum().backward()
+    p = (logits.detach() / temperature).softmax(-1)
+    upstream = torch.bmm(weights, embed.transpose(1, 2))  # d loss / d pi: (2, 9, 6)
+    want = p * (upstream - (p * upstream).sum(-1, keepdim=True)) / temperature
+    torch.testing.assert_close(logits.grad, want)
+    assert want.abs().max() > 1e-3  # the checked gradient is not zero

@@ -16,6 +16,7 @@ from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parents[1]
+TORCH_SCRIPTS = REPO / "tests" / "torch_dist_scripts"  # torch.distributed (gloo) jobs, not MPI
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
 
 
@@ -53,7 +54,7 @@ def describe(result) -> str:
 
 
 def run_torch_dist(script: str, n: int, tmp_path, *args: str, timeout: float = 120):
-    """Run ``tests/mpi_scripts/<script>`` as ``n`` torch.distributed processes.
+    """Run ``tests/torch_dist_scripts/<script>`` as ``n`` torch.distributed processes.
 
     Each process gets ``RANK`` and ``WORLD_SIZE``; they meet through a file
     store at ``tmp_path/store`` (no network port to collide on).  torch has no
@@ -62,14 +63,15 @@ def run_torch_dist(script: str, n: int, tmp_path, *args: str, timeout: float = 1
     CompletedProcess with the first non-zero exit code and every rank's output.
     """
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    # the scripts share this folder's shard helpers
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), str(SCRIPTS), env.get("PYTHONPATH")]))
     env["WORLD_SIZE"] = str(n)
     env.pop("VQCORE_NUM_THREADS", None)
     tmp_path = Path(tmp_path)
     logs = [open(tmp_path / f"rank{rank}.log", "w+") for rank in range(n)]
     procs = [
         subprocess.Popen(
-            [sys.executable, str(SCRIPTS / script), f"file://{tmp_path / 'store'}", *args],
+            [sys.executable, str(TORCH_SCRIPTS / script), f"file://{tmp_path / 'store'}", *args],
             cwd=REPO, env={**env, "RANK": str(rank)}, stdout=log, stderr=subprocess.STDOUT,
             text=True, start_new_session=True,
         )
