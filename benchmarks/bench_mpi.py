@@ -13,6 +13,18 @@ arrive); the time of a bare all-reduce of the same bytes after a barrier (the
 transfer alone); and the bytes handed to all-reduce per step, next to the
 formula's value count ``c*k*(d+1)`` (counts and sums; c = 1 here).
 Thread counts follow vqcore's default under mpiexec: cores // ranks.
+
+``--encode`` measures ``vqcore encode`` under ``mpiexec -n P`` instead (the
+pass over the whole data set that a distributed job exists for):
+
+* strong scaling: ``N`` vectors in one ``.npy`` file, split over the ranks;
+* weak scaling: ``N`` vectors per rank, one ``{rank}`` file each;
+* per rank: wall time, vectors/s, bytes read and written, peak resident
+  memory (``ru_maxrss``) and peak address space (``VmPeak``).
+  ``--memory-mib M`` caps every rank's address space (``ulimit -v``) at its
+  idle footprint (measured first) plus ``M`` MiB, and sizes the data file
+  above that cap (``--n`` is raised if needed): encode reads and writes by
+  blocks, so the peak must not grow with the rows.
 """
 from __future__ import annotations
 
@@ -37,6 +49,10 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--worker", choices=["weak", "strong"], help=argparse.SUPPRESS)
+    parser.add_argument("--encode", action="store_true", help="benchmark vqcore encode instead of partial_fit")
+    parser.add_argument("--memory-mib", type=int, default=0,
+                        help="with --encode: cap each rank's address space at idle + this many MiB (0: no cap)")
+    parser.add_argument("--encode-worker", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -110,8 +126,127 @@ def worker(args) -> None:
         )))
 
 
+def _vm_peak_bytes() -> int:
+    """This process's peak address space (``VmPeak``), the quantity ``ulimit -v`` caps."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmPeak:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def encode_worker(argv) -> None:
+    """One rank: ``vqcore encode argv`` in this process; rank 0 prints every rank's numbers as JSON."""
+    import resource
+
+    from mpi4py import MPI
+
+    from vqcore import cli
+
+    def io_counts():
+        with open("/proc/self/io") as counters:
+            return {name: int(value) for name, value in (line.split(":") for line in counters)}
+
+    world = MPI.COMM_WORLD
+    # compile the kernels on a tiny file first: the timed pass measures encoding, not the JIT
+    cli.main(["encode", "cb.npz", "warm.npy", "-o", "warm-codes.npy", "--force", "--quiet"])
+    world.Barrier()
+    before = io_counts()
+    start = time.perf_counter()
+    code = cli.main(argv)
+    seconds = time.perf_counter() - start
+    after = io_counts()
+    mine = dict(code=code, seconds=seconds, maxrss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                vm_peak=_vm_peak_bytes(), read=after["rchar"] - before["rchar"],
+                written=after["wchar"] - before["wchar"])
+    everyone = world.gather(mine, root=0)
+    if world.rank == 0:
+        print(json.dumps(everyone))
+
+
+def _write_data(path, rows, d, seed) -> None:
+    """``rows x d`` float32 Gaussian vectors, written by blocks (the file may exceed the memory cap)."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, d))
+    rng = np.random.default_rng(seed)
+    for start in range(0, rows, 1 << 16):
+        stop = min(start + (1 << 16), rows)
+        out[start:stop] = rng.standard_normal((stop - start, d), dtype=np.float32)
+    out.flush()
+    del out
+
+
+def _run_encode(ranks, work, sources, limit_bytes):
+    import resource
+
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+
+    def cap():
+        if limit_bytes:
+            resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
+    command = [str(mpiexec), "-n", str(ranks), sys.executable, "-m", "mpi4py", __file__, "--encode-worker",
+               "encode", "cb.npz", *sources, "-o", "codes.npy", "--force", "--quiet"]
+    out = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=600, preexec_fn=cap,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    if out.returncode != 0:
+        raise RuntimeError(f"encode on {ranks} ranks failed:\n{out.stdout}\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def encode_main(args) -> int:
+    """Weak and strong scaling of ``vqcore encode``, with per-rank memory, optionally under a cap."""
+    import tempfile
+
+    import vqcore
+
+    mib = 1 << 20
+    with tempfile.TemporaryDirectory(prefix="bench-encode-", dir=REPO / "benchmarks") as work:
+        work = Path(work)
+        rng = np.random.default_rng(0)
+        quantizer = vqcore.VectorQuantizer(args.d, args.k, kmeans_init=True, kmeans_iters=2, seed=0)
+        quantizer.partial_fit(rng.standard_normal((max(4 * args.k, 4096), args.d)).astype(np.float32))
+        quantizer.save(work / "cb.npz")
+        _write_data(work / "warm.npy", 64, args.d, 2)
+        limit = 0
+        n = args.n
+        if args.memory_mib:
+            idle = max(r["vm_peak"] for r in _run_encode(1, work, ["warm.npy"], 0))
+            limit = idle + args.memory_mib * mib
+            n = max(n, (2 * args.memory_mib * mib) // (4 * args.d) + 1)  # the file is twice the headroom
+            print(f"address space cap: idle {idle / mib:.0f} MiB + {args.memory_mib} MiB = {limit / mib:.0f} MiB "
+                  f"per rank; data file {n * args.d * 4 / mib:.0f} MiB")
+        _write_data(work / "x.npy", n, args.d, 1)
+        print(f"vqcore encode, n={n} d={args.d} k={args.k}; {os.cpu_count()} cores shared by the ranks")
+        print(f"{'mode':>6} {'ranks':>5} {'rows/rank':>10} {'wall s':>8} {'vec/s':>10} {'read MiB':>9} "
+              f"{'written MiB':>11} {'peak RSS MiB':>12} {'VmPeak MiB':>10}")
+        for mode in ("strong", "weak"):
+            for ranks in args.ranks:
+                if mode == "strong":
+                    sources, rows = ["x.npy"], n // ranks
+                else:  # every rank reads its own n rows (links to one file: the same bytes)
+                    for r in range(ranks):
+                        link = work / f"x-{r}.npy"
+                        if not link.exists():
+                            link.symlink_to("x.npy")
+                    sources, rows = ["x-{rank}.npy"], n
+                results = _run_encode(ranks, work, sources, limit)
+                total = rows * ranks
+                wall = max(r["seconds"] for r in results)
+                for rank, r in enumerate(results):
+                    print(f"{mode:>6} {ranks:>5} {rows:>10} {wall if rank == 0 else r['seconds']:>8.3f} "
+                          f"{total / wall if rank == 0 else rows / r['seconds']:>10.3g} {r['read'] / mib:>9.1f} "
+                          f"{r['written'] / mib:>11.2f} {r['maxrss'] / mib:>12.1f} {r['vm_peak'] / mib:>10.1f}"
+                          + ("  (job)" if rank == 0 else f"  (rank {rank})"))
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.encode_worker is not None:
+        encode_worker(args.encode_worker)
+        return 0
+    if args.encode:
+        return encode_main(args)
     if args.worker:
         worker(args)
         return 0
