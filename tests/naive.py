@@ -16,7 +16,7 @@ def nearest(x, codebook, metric="euclidean"):
     return out
 
 
-def neg_distances(x, codebook, metric="euclidean"):
+def distances(x, codebook, metric="euclidean"):
     """The seed's negative distances: -||x - c|| or x . c, entry by entry."""
     x = np.asarray(x, dtype=np.float64)
     codebook = np.asarray(codebook, dtype=np.float64)

@@ -45,7 +45,7 @@ def assert_exact(x, codebook, metric="euclidean", precision="auto"):
     wrong = np.flatnonzero(got != want)
     assert wrong.size == 0, f"{wrong.size} rows wrong, e.g. row {wrong[0]}: got {got[wrong[0]]}, want {want[wrong[0]]}"
     s = power_of_two_scale(x, codebook)
-    scaled = naive.neg_distances(x.astype(np.float64) * s, codebook.astype(np.float64) * s, metric)
+    scaled = naive.distances(x.astype(np.float64) * s, codebook.astype(np.float64) * s, metric)
     exact = scaled[np.arange(len(x)), want] / (s * s if metric == "cosine" else s)
     np.testing.assert_allclose(scores.astype(np.float64), exact, rtol=1e-6 if x.dtype == np.float32 else 1e-12,
                                atol=0)

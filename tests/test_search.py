@@ -21,7 +21,7 @@ def data(n, k, d, dtype, seed=0, c=None):
 def assert_nearest_matches(x, codebook, got, metric="euclidean"):
     """Indices equal the reference, except where two codes are within float rounding."""
     want = naive.nearest(x, codebook, metric)
-    scores = naive.neg_distances(x, codebook, metric)
+    scores = naive.distances(x, codebook, metric)
     rows = np.arange(len(x))
     gap = scores[rows, want] - scores[rows, got]
     tol = 1e-4 if x.dtype == np.float32 else 1e-10
@@ -76,7 +76,7 @@ def test_multiple_codebooks(metric):
 def test_return_distances_are_the_seeds_negative_distances(dtype, metric):
     x, codebook = data(100, 23, 9, dtype, seed=5)
     idx, dist = vqcore.nearest(x, codebook, metric=metric, return_distances=True)
-    ref = naive.neg_distances(x, codebook, metric)
+    ref = naive.distances(x, codebook, metric)
     assert dist.dtype == dtype
     np.testing.assert_allclose(dist, ref[np.arange(100), idx], rtol=1e-4, atol=1e-3 if dtype == np.float32 else 1e-9)
 
@@ -84,12 +84,12 @@ def test_return_distances_are_the_seeds_negative_distances(dtype, metric):
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 def test_distances_matrix(metric):
     x, codebook = data(41, 17, 6, np.float64, seed=6)
-    np.testing.assert_allclose(vqcore.distances(x, codebook, metric=metric), naive.neg_distances(x, codebook, metric), atol=1e-9)
+    np.testing.assert_allclose(vqcore.distances(x, codebook, metric=metric), naive.distances(x, codebook, metric), atol=1e-9)
     xb, cb = data(11, 5, 3, np.float32, seed=7, c=2)
     got = vqcore.distances(xb, cb, metric=metric)
     assert got.shape == (2, 11, 5)
     for h in range(2):
-        np.testing.assert_allclose(got[h], naive.neg_distances(xb[h], cb[h], metric), rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(got[h], naive.distances(xb[h], cb[h], metric), rtol=1e-5, atol=1e-4)
 
 
 def test_distance_of_a_code_to_itself_is_zero_not_nan():
