@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _validate
+from ._optional import MissingDependencyError, require
 
 __all__ = ["Communicator", "SerialComm", "MPIComm", "resolve_comm", "check_same"]
 
@@ -170,13 +171,10 @@ _MPI_DTYPES = (np.float32, np.float64, np.int32, np.int64)
 def _import_mpi():
     """Import ``mpi4py.MPI``, turning a missing install into a clear error."""
     try:
-        from mpi4py import MPI
-    except (ImportError, RuntimeError) as err:  # RuntimeError: mpi4py present, MPI library not
-        raise ImportError(
-            "vqcore.MPIComm needs mpi4py and an MPI library: "
-            'pip install "vqcore[mpi]" (or point mpi4py at your site MPI)'
-        ) from err
-    return MPI
+        return require("mpi4py.MPI", "vqcore.MPIComm")
+    except RuntimeError as err:  # mpi4py present, its MPI library not
+        raise MissingDependencyError(f'vqcore.MPIComm: mpi4py cannot load its MPI library ({err}); '
+                                     'pip install "vqcore[mpi]" or point mpi4py at your site MPI') from None
 
 
 def _check_buffer(array, what):

@@ -1,4 +1,8 @@
-"""vqtorch: a drop-in ``VectorQuantize`` layer for PyTorch backed by vqcore."""
+"""vqtorch: drop-ins for vector-quantize-pytorch 1.14.5's layers, backed by vqcore."""
+from vqcore._optional import require
+
+require("torch", "vqtorch")  # one clear line naming the extra, instead of a bare ModuleNotFoundError
+
 from .config import VQConfig
 from .fsq import FSQ
 from .layer import VectorQuantize

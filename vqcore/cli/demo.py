@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from .._optional import require
 from ..metrics import perplexity
 
 __all__ = ["run", "add_arguments", "main"]
@@ -172,5 +173,7 @@ def run(out_dir="demo-output", sizes=None, *, quick=False, seed=0, stream=None):
 
 def main(args):
     """``vqcore demo``: run with the parsed command-line options; returns the exit code."""
+    for module in ("sklearn", "matplotlib"):
+        require(module, "vqcore demo")  # before any work: exit 2 naming the extra
     run(args.out, args.sizes, quick=args.quick, seed=args.seed)
     return 0

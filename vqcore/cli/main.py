@@ -11,6 +11,7 @@ import sys
 import traceback
 
 from .. import __version__
+from .._optional import MissingDependencyError
 from . import apply, data, demo, fit, info
 from .common import PROG, UsageError
 from .mpi import abort_if_mpi
@@ -52,7 +53,7 @@ def main(argv=None):
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return 0
-    except (UsageError, data.InputError) as exc:
+    except (UsageError, data.InputError, MissingDependencyError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         code = 2
     except (ValueError, TypeError, OSError) as exc:  # bad input that vqcore itself rejected
