@@ -101,6 +101,7 @@ RVQ_CASES = [
     ("cosine", dict(use_cosine_sim=True), "bnd", {}),
     ("image-fmap", dict(accept_image_fmap=True), "fmap", {}),
     ("channel-first", dict(channel_last=False), "bdn", {}),
+    ("two-d", dict(codebook_dim=6), "bd", {}),
     ("dropout-fixed-seed", dict(quantize_dropout=True), "bnd",
      dict(rand_quantize_dropout_fixed_seed=_seed_stopping_at(1))),
     ("dropout-global-random", dict(quantize_dropout=True), "bnd", {}),
@@ -204,6 +205,17 @@ def test_grouped_all_codes_is_a_tuple_per_group(backend):
     for a, b in zip(out_ref[:3] + out_ref[3], out_ours[:3] + out_ours[3]):
         torch.testing.assert_close(b, a, **TOL)
     assert_state_equal(ref, ours)
+
+
+@pytest.mark.parametrize("layout,kwargs", [("bd", {}), ("bdn", dict(channel_last=False))])
+def test_dropout_with_layouts_the_seed_cannot_drop(layout, kwargs):
+    """1.14.5 sizes its -1 indices from x.shape[:2] and fails to stack them for (b, d) and channel-first input."""
+    layer = ResidualVQ(dim=DIM, num_quantizers=Q, codebook_size=K, quantize_dropout=True, **kwargs).train()
+    x = _inputs(layout, steps=1)[0]
+    _, indices, _ = layer(x, rand_quantize_dropout_fixed_seed=_seed_stopping_at(1))
+    _, full, _ = layer.eval()(x)
+    assert indices.shape == full.shape
+    assert (indices[..., 2:] == -1).all() and (indices[..., :2] >= 0).all()
 
 
 def test_dropped_stages_give_minus_one_and_zero_loss():
