@@ -295,7 +295,7 @@ class VqcoreFile:
         try:
             self._zip = zipfile.ZipFile(self.path)
         except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError) as exc:
-            raise damaged(self.path, f"not a zip archive ({exc})") from None
+            raise damaged(self.path, f"not a readable .npz file ({exc})") from None
         try:
             self._members = self._check_members()
             self._read_header()
