@@ -4,7 +4,6 @@ import warnings
 import pytest
 import torch
 
-from tests.test_vqtorch_fsq import build_pair
 from vqtorch import RandomProjectionQuantizer
 
 with warnings.catch_warnings():

@@ -28,6 +28,30 @@ def check_codebook_size(codebook_size):
     return codebook_size, codebook_size.bit_length() - 1
 
 
+def resolve_sizes(dim, codebook_size, num_codebooks):
+    """``(codebook_size, codebook_dim, dim)`` from LFQ's arguments, as the seed resolves them.
+
+    ``codebook_size`` defaults to ``2 ** dim`` and ``dim`` to ``log2(codebook_size) * num_codebooks``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Neither given, a size that is not a power of two in [2, 2**30], or a non-positive int.
+    """
+    check_int("num_codebooks", num_codebooks)
+    if dim is None and codebook_size is None:
+        raise ValueError("LFQ needs dim or codebook_size (or both); e.g. LFQ(codebook_size=2**16).")
+    if dim is not None:
+        check_int("dim", dim)
+    if codebook_size is None:
+        if dim > MAX_CODEBOOK_DIM:
+            raise ValueError(f"dim={dim} without codebook_size means 2**{dim} codes; pass codebook_size "
+                             f"(at most 2**{MAX_CODEBOOK_DIM}) and the projections map dim to log2 of it.")
+        codebook_size = 2 ** dim
+    codebook_size, codebook_dim = check_codebook_size(codebook_size)
+    return codebook_size, codebook_dim, codebook_dim * num_codebooks if dim is None else dim
+
+
 class _Bits:
     """Sign codes of ``codebook_dim`` bits, most significant first, scaled by ``scale``."""
 
@@ -73,15 +97,8 @@ class LFQ(Projected):
 
     def __init__(self, dim=None, codebook_size=None, num_codebooks=1, keep_num_codebooks_dim=None,
                  codebook_scale=1.0, seed=None):
-        num_codebooks = check_int("num_codebooks", num_codebooks)
-        if dim is None and codebook_size is None:
-            raise ValueError("LFQ needs dim or codebook_size (or both); e.g. LFQ(codebook_size=2**16).")
-        if codebook_size is None:
-            codebook_size = 2 ** min(check_int("dim", dim), MAX_CODEBOOK_DIM + 1)
-        codebook_size, codebook_dim = check_codebook_size(codebook_size)
-        inner = codebook_dim * num_codebooks
-        dim = inner if dim is None else check_int("dim", dim)
-        super().__init__(dim, inner, seed)
+        codebook_size, codebook_dim, dim = resolve_sizes(dim, codebook_size, num_codebooks)
+        super().__init__(dim, codebook_dim * num_codebooks, seed)
         self.codebook_size = codebook_size
         self.codebook_dim = codebook_dim
         self.num_codebooks = num_codebooks

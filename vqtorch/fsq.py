@@ -13,31 +13,14 @@ import math
 import torch
 from torch import nn
 
+from vqcore.fsq import check_int, check_levels, resolve_keep_dim
+
 __all__ = ["FSQ"]
 
-INDEX_LIMIT = 2 ** 31  # indices are int32, as in the seed
 MAX_TILES = 256  # codes per row of the fused bound/round (see _BoundRound)
 
 
 # -- checks and layouts shared with LFQ -------------------------------------------------------------
-
-def check_positive_int(name, value):
-    """Raise unless ``value`` is an int >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}.")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {name}={value}.")
-
-
-def check_num_codebooks(num_codebooks, keep_num_codebooks_dim):
-    """Resolve ``keep_num_codebooks_dim`` (default ``num_codebooks > 1``); it must be kept for several."""
-    if keep_num_codebooks_dim is None:
-        return num_codebooks > 1
-    if num_codebooks > 1 and not keep_num_codebooks_dim:
-        raise ValueError(f"keep_num_codebooks_dim=False does not fit num_codebooks={num_codebooks}: indices "
-                         "of several codebooks need their own axis; leave keep_num_codebooks_dim=None.")
-    return bool(keep_num_codebooks_dim)
-
 
 def check_indices(indices, codebook_size):
     """Raise unless ``indices`` is an integer tensor with values in ``[0, codebook_size)``."""
@@ -92,36 +75,6 @@ def no_cuda_autocast():
     if _HAS_CUDA:
         return torch.autocast("cuda", enabled=False)
     return contextlib.nullcontext()
-
-
-def check_levels(levels):
-    """Validate FSQ ``levels`` and return them as a list of ints.
-
-    Raises
-    ------
-    TypeError
-        ``levels`` is not a sequence of integers.
-    ValueError
-        ``levels`` is empty, has a level below 2, or a codebook too large for int32 indices.
-    """
-    if isinstance(levels, torch.Tensor):
-        levels = levels.tolist()
-    if not isinstance(levels, (list, tuple)):
-        raise TypeError(f"levels must be a list of ints, got {type(levels).__name__}; e.g. levels=[8, 5, 5, 5].")
-    if not levels:
-        raise ValueError("levels is empty; give at least one level, e.g. levels=[8, 5, 5, 5].")
-    for level in levels:
-        if isinstance(level, bool) or not isinstance(level, int):
-            raise TypeError(f"levels must hold ints, got {level!r} in levels={list(levels)}.")
-    if min(levels) < 2:
-        raise ValueError(f"every level must be >= 2, got levels={list(levels)}; a level of 1 holds no information.")
-    size = 1
-    for level in levels:
-        size *= level
-    if size > INDEX_LIMIT:
-        raise ValueError(f"levels={list(levels)} give a codebook of {size} codes, more than int32 indices "
-                         f"hold ({INDEX_LIMIT}); use fewer or smaller levels.")
-    return list(levels)
 
 
 class _LevelConstants:
@@ -238,11 +191,11 @@ class FSQ(nn.Module):
     def __init__(self, levels, dim=None, num_codebooks=1, keep_num_codebooks_dim=None, scale=None,
                  allowed_dtypes=(torch.float32, torch.float64)):
         super().__init__()
-        levels = check_levels(levels)
-        check_positive_int("num_codebooks", num_codebooks)
+        levels = check_levels(levels.tolist() if isinstance(levels, torch.Tensor) else levels)
+        check_int("num_codebooks", num_codebooks)
         if dim is not None:
-            check_positive_int("dim", dim)
-        keep_num_codebooks_dim = check_num_codebooks(num_codebooks, keep_num_codebooks_dim)
+            check_int("dim", dim)
+        keep_num_codebooks_dim = resolve_keep_dim(num_codebooks, keep_num_codebooks_dim)
 
         self.register_buffer("_levels", torch.tensor(levels, dtype=torch.int32), persistent=False)
         basis = torch.cumprod(torch.tensor([1] + levels[:-1]), dim=0, dtype=torch.int32)

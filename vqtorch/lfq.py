@@ -16,8 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fsq import (channel_last_tokens, check_indices, check_num_codebooks, check_positive_int, no_cuda_autocast,
-                  restore_layout, split_codebooks)
+from vqcore.fsq import resolve_keep_dim
+from vqcore.lfq import resolve_sizes
+
+from .fsq import channel_last_tokens, check_indices, no_cuda_autocast, restore_layout, split_codebooks
 
 __all__ = ["LFQ", "Return", "LossBreakdown"]
 
@@ -26,7 +28,6 @@ LossBreakdown = namedtuple("LossBreakdown", ["per_sample_entropy", "batch_entrop
 
 ENTROPY_EPS = 1e-5  # the seed's clamp inside log
 LOG_EPS = math.log(ENTROPY_EPS)
-MAX_CODEBOOK_DIM = 30  # the seed materialises all codes, (2**codebook_dim, codebook_dim)
 BLOCK_ELEMENTS = 2 ** 19  # probabilities held at once by the blocked entropy (2 MiB of float32)
 
 
@@ -280,8 +281,8 @@ class LFQ(nn.Module):
                  diversity_gamma=1.0, straight_through_activation=nn.Identity(), num_codebooks=1,
                  keep_num_codebooks_dim=None, codebook_scale=1.0, frac_per_sample_entropy=1.0):
         super().__init__()
-        codebook_size, codebook_dim, dim = _check_sizes(dim, codebook_size, num_codebooks)
-        keep_num_codebooks_dim = check_num_codebooks(num_codebooks, keep_num_codebooks_dim)
+        codebook_size, codebook_dim, dim = resolve_sizes(dim, codebook_size, num_codebooks)
+        keep_num_codebooks_dim = resolve_keep_dim(num_codebooks, keep_num_codebooks_dim)
         if not 0 < frac_per_sample_entropy <= 1:
             raise ValueError(f"frac_per_sample_entropy must lie in (0, 1], got {frac_per_sample_entropy}.")
 
@@ -399,33 +400,6 @@ def _commitment(original_input, quantized, mask):
     if mask is not None:
         loss = loss[mask]
     return loss.mean()
-
-
-def _check_sizes(dim, codebook_size, num_codebooks):
-    """Resolve ``(codebook_size, codebook_dim, dim)`` as the seed does, with errors that name the value."""
-    check_positive_int("num_codebooks", num_codebooks)
-    if dim is None and codebook_size is None:
-        raise ValueError("LFQ needs dim or codebook_size (or both); e.g. LFQ(codebook_size=2**16).")
-    if dim is not None:
-        check_positive_int("dim", dim)
-    if codebook_size is not None:
-        check_positive_int("codebook_size", codebook_size)
-        if codebook_size > 2 ** MAX_CODEBOOK_DIM:
-            raise ValueError(f"codebook_size={codebook_size} is above 2**{MAX_CODEBOOK_DIM}: its codes do not fit "
-                             "in memory; use several codebooks (num_codebooks) instead.")
-        if codebook_size < 2 or codebook_size & (codebook_size - 1):
-            suggested = 2 ** max(1, math.ceil(math.log2(codebook_size)))
-            raise ValueError(f"codebook_size must be a power of 2 (>= 2) for lookup-free quantization, "
-                             f"got {codebook_size}; use {suggested}.")
-    elif dim > MAX_CODEBOOK_DIM:
-        raise ValueError(f"dim={dim} without codebook_size means 2**{dim} codes; pass codebook_size "
-                         f"(at most 2**{MAX_CODEBOOK_DIM}) and the projections map dim to log2 of it.")
-    else:
-        codebook_size = 2 ** dim
-    codebook_dim = codebook_size.bit_length() - 1
-    if dim is None:
-        dim = codebook_dim * num_codebooks
-    return codebook_size, codebook_dim, dim
 
 
 def _check_mask(mask, x):

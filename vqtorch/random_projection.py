@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .fsq import check_positive_int
+from vqcore.fsq import check_int
+
 from .layer import VectorQuantize
 
 __all__ = ["RandomProjectionQuantizer"]
@@ -46,7 +47,7 @@ class RandomProjectionQuantizer(nn.Module):
         super().__init__()
         for name, value in (("dim", dim), ("codebook_size", codebook_size), ("codebook_dim", codebook_dim),
                             ("num_codebooks", num_codebooks)):
-            check_positive_int(name, value)
+            check_int(name, value)
         self.num_codebooks = num_codebooks
         self.dim = dim
         rand_projs = torch.empty(num_codebooks, dim, codebook_dim)
