@@ -272,3 +272,17 @@ def test_named_temporary_files_are_removed_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no name until published
     unnamed.publish(str(tmp_path / "done"), overwrite=False)
     assert (tmp_path / "done").read_bytes() == b"abc"
+
+
+def test_a_configuration_claiming_a_huge_codebook_is_refused_before_allocating(saved, tmp_path):
+    _, path = saved
+    config = json.loads(str(members(path)["config"]))
+    config.update(dim=65536, codebook_size=4096)  # 1 GiB of float32 that a 5 kB file cannot hold
+    bad = tmp_path / "claims.npz"
+    write_zip(bad, vqcore_entries(path, **{"config.npy": npy_bytes(np.array(json.dumps(config)))}))
+    tracemalloc.start()
+    with pytest.raises(ValueError, match=r"codebook_size=4096, dim=65536\) implies 268435456 values"):
+        vqcore.VectorQuantizer.load(bad)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1 << 22 and bad.stat().st_size < 10_000

@@ -247,6 +247,11 @@ MAX_JSON_DEPTH = 8
 MAX_CONFIG_INT = 1 << 31
 #: A compressed member may declare at most this many times its stored size.
 MAX_COMPRESSION_RATIO = 64
+#: A configuration may imply at most this many times the values its file holds (plus the slack).
+MAX_IMPLIED_RATIO = 64
+MAX_IMPLIED_SLACK = 1 << 24
+#: Kinds whose files store their codebooks (FSQ/LFQ codebooks are implicit, so their size says nothing).
+STORED_CODEBOOK_KINDS = frozenset({"VectorQuantizer", "ResidualQuantizer", "ProductQuantizer"})
 _HEADER_MEMBERS = ("format", "format_version", "kind", "config")
 
 
@@ -378,6 +383,23 @@ class VqcoreFile:
         self.kind = self._text("kind")
         self.config = parse_config(self._text("config"), self.path)
         self.shapes = {k[len("state/"):]: v[0] for k, v in self._members.items() if k.startswith("state/")}
+        self._check_implied_size()
+
+    def _check_implied_size(self):
+        """A configuration must not imply far more memory than the file's arrays hold.
+
+        Building the quantizer allocates about ``codebook_size * dim`` values
+        before its state is checked; a saved quantizer stores codebooks of that
+        order, so a small file whose configuration claims a huge codebook is
+        damaged or hostile, and is refused here, before anything is allocated.
+        """
+        k, dim = self.config.get("codebook_size"), self.config.get("dim")
+        if self.kind not in STORED_CODEBOOK_KINDS or not (isinstance(k, int) and isinstance(dim, int)):
+            return
+        held = sum(int(np.prod(shape, dtype=np.int64)) for shape in self.shapes.values())
+        if k * dim > MAX_IMPLIED_RATIO * held + MAX_IMPLIED_SLACK:
+            raise damaged(self.path, f"its configuration (codebook_size={k}, dim={dim}) implies {k * dim} values "
+                                     f"but the file holds {held}")
 
     def read_state(self, expected=None):
         """Every ``state/`` array, after checking declared shapes against ``expected``.
