@@ -435,3 +435,16 @@ def test_rank_patterns_under_mpiexec_refuse_what_no_rank_or_every_rank_would_rea
     with pytest.raises(data.InputError) as caught:
         data.open_share(sources, 0, 2)
     assert fragment in str(caught.value)
+
+
+def test_force_keeps_the_mode_of_the_replaced_file_and_new_files_follow_the_umask(here, capsys):
+    path, _ = here
+    old = os.umask(0o027)
+    try:
+        assert run_main(capsys, "encode", "cb.npz", "x.npy", "-o", "c.npy", "--quiet")[0] == 0
+        assert (path / "c.npy").stat().st_mode & 0o777 == 0o640
+        os.chmod(path / "c.npy", 0o604)
+        assert run_main(capsys, "encode", "cb.npz", "x.npy", "-o", "c.npy", "--quiet", "--force")[0] == 0
+    finally:
+        os.umask(old)
+    assert (path / "c.npy").stat().st_mode & 0o777 == 0o604

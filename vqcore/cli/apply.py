@@ -23,6 +23,7 @@ from .mpi import agree, world_comm
 #: Blocks between two progress all-reduces under mpiexec (a collective per block would cost more than it shows).
 PROGRESS_EVERY = 8
 
+CODEBOOK_HELP = "a quantizer file of any kind, written by vqcore fit or by save() in Python"
 ENCODE_DESCRIPTION = (
     "Write the code(s) of every vector to one .npy file, in the smallest unsigned integer dtype: shape (n,) "
     "for one codebook, (n, heads), (n, stages), (n, groups, stages) or (n, subspaces) otherwise.  Under "
@@ -37,7 +38,7 @@ DECODE_DESCRIPTION = (
 def add_parsers(sub):
     """Register ``encode`` and ``decode`` on the subcommand parsers."""
     enc = sub.add_parser("encode", help="write the nearest code of every vector", description=ENCODE_DESCRIPTION)
-    enc.add_argument("codebook", metavar="CODEBOOK.npz")
+    enc.add_argument("codebook", metavar="CODEBOOK.npz", help=CODEBOOK_HELP)
     enc.add_argument("data", nargs="+", metavar="DATA", help=DATA_HELP)
     enc.add_argument("-o", "--output", required=True, metavar="CODES.npy",
                      help="codes file to write (.npy); {rank} in the name: one file per rank")
@@ -46,7 +47,7 @@ def add_parsers(sub):
 
     dec = sub.add_parser("decode", help="write the code vectors of code indices (float32)",
                          description=DECODE_DESCRIPTION)
-    dec.add_argument("codebook", metavar="CODEBOOK.npz")
+    dec.add_argument("codebook", metavar="CODEBOOK.npz", help=CODEBOOK_HELP)
     dec.add_argument("codes", nargs="+", metavar="CODES",
                      help="codes as rows: CODES.npy, several files, or a pattern with {rank}")
     dec.add_argument("-o", "--output", required=True, metavar="VECTORS.npy",

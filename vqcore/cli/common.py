@@ -9,8 +9,11 @@ from . import data
 PROG = "vqcore"
 #: Floats per block when encoding or evaluating: about 16 MB of float32.
 EVAL_CHUNK_VALUES = 1 << 22
-DATA_HELP = ("vectors as rows: FILE.npy (memory-mapped), FILE.npz:KEY, several files (rows concatenated) "
-             "or a pattern with {rank} (one file per MPI rank)")
+DATA_HELP = ("vectors as the rows of a 2-D array: FILE.npy (read block by block, so it may exceed memory), "
+             "FILE.npz:KEY, several files (rows concatenated) or a pattern with {rank} in the file name.  "
+             "Under mpiexec plain files are split into one contiguous share per rank, and a pattern gives each "
+             "rank its own file (then every DATA must be a pattern); without mpiexec a pattern reads every "
+             "shard 0, 1, ... (a missing one is an error)")
 
 
 class UsageError(ValueError):
