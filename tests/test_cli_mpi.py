@@ -68,6 +68,11 @@ def work(tmp_path_factory):
                 np.save(work / f"n{n}-gap-{r}.npy", x[bounds[r]:bounds[r + 1]])
                 np.save(work / f"n{n}-dtype-{r}.npy", x[bounds[r]:bounds[r + 1]])
         np.save(work / f"n{n}-dtype-{n - 1}.npy", np.array([["abc"] * DIM]))
+        for r in range(n):  # the last rank meets a NaN while the others write their rows
+            rows = x[bounds[r]:bounds[r + 1]].copy() if r < n - 1 else x[:5].copy()
+            if r == n - 1:
+                rows[3, 1] = np.nan
+            np.save(work / f"n{n}-nan-{r}.npy", rows)
     return work, x
 
 

@@ -100,6 +100,7 @@ if size > 1:
     failures = [
         (f"{tag}-gap-{{rank}}.npy", f"{tag}-gap-{size - 1}.npy", "no such file"),
         (f"{tag}-dtype-{{rank}}.npy", f"{tag}-dtype-{size - 1}.npy", "dtype <U3"),
+        (f"{tag}-nan-{{rank}}.npy", f"{tag}-nan-{size - 1}.npy", "row 3 contains NaN"),  # while writing
     ]
     for source, name, fragment in failures:
         code, err = run("encode", "vq.npz", source, "-o", f"{tag}-fail.npy")
