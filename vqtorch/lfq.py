@@ -3,9 +3,13 @@
 Each codebook dimension is quantized to its sign (times ``codebook_scale``); the index is the
 bit pattern (https://arxiv.org/abs/2310.05737). Training adds the seed's entropy loss over the
 softmax of ``2 * inv_temperature * x . code`` across all ``codebook_size`` codes. The seed
-holds those probabilities for every token at once, ``(tokens, codebooks, codebook_size)``;
-here :class:`_SoftmaxEntropies` computes the same numbers a block of tokens at a time, in
-the forward and in the backward, so memory does not grow with ``tokens * codebook_size``.
+holds those probabilities for every token at once, ``(tokens, codebooks, codebook_size)``:
+4 GiB per matrix for 16,384 tokens at 2**16 codes. Here the same numbers come from
+:class:`_FactorizedEntropies` (the softmax over sign codes is an outer product of two
+half-size softmaxes; ``O(sqrt(k) log k)`` work per token, a block of tokens at a time,
+forward and backward), checked against :class:`_SoftmaxEntropies`, which computes every
+probability but only one block of tokens at a time. Neither holds ``tokens * codebook_size``
+numbers.
 """
 from __future__ import annotations
 
