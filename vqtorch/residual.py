@@ -102,7 +102,7 @@ def residual_loop(x, stages, last_stage=None):
     extras : list of lists
         Each stage's ``extras``, for the stages that ran.
     """
-    quantized_out = 0.0
+    quantized_out = None
     residual = x
     extras = []
     for index, stage in enumerate(stages):
@@ -110,7 +110,14 @@ def residual_loop(x, stages, last_stage=None):
             break
         quantized, *rest = stage(residual)
         residual = residual - quantized.detach()
-        quantized_out = quantized_out + quantized
+        # The same sums as the seed's 0. + q0 + q1 + ...; accumulated in place after the first
+        # (a fresh tensor), which saves one activation-sized allocation per stage.
+        if quantized_out is None:
+            quantized_out = 0.0 + quantized
+        elif quantized_out.shape == quantized.shape and quantized_out.dtype == quantized.dtype:
+            quantized_out.add_(quantized)
+        else:
+            quantized_out = quantized_out + quantized  # broadcasting or promotion, as the seed's sum
         extras.append(rest)
     return quantized_out, extras
 
