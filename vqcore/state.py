@@ -130,26 +130,30 @@ class TempFile:
             self.named_path = None
 
 
-def _create_named(directory, suffix):
-    """A new hidden file in ``directory``: (name, descriptor), mode 0o666 less the umask."""
+def _at_new_name(directory, suffix, make):
+    """``make(name)`` at the first free hidden name ``.vqcore-<random><suffix>`` in ``directory``."""
     for _ in range(100):
         name = os.path.join(directory, f".vqcore-{secrets.token_hex(6)}{suffix}")
         try:
-            return name, os.open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o666)
+            return make(name)
         except FileExistsError:
             continue
     raise FileExistsError(f"no free temporary name in {directory}")
+
+
+def _create_named(directory, suffix):
+    """A new hidden file in ``directory``: (name, descriptor), mode 0o666 less the umask."""
+    return _at_new_name(directory, suffix,
+                        lambda name: (name, os.open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o666)))
 
 
 def _link_hidden(source, directory, suffix):
-    for _ in range(100):
-        name = os.path.join(directory, f".vqcore-{secrets.token_hex(6)}{suffix}")
-        try:
-            _link_following(source, name)
-            return name
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free temporary name in {directory}")
+    """Link ``source`` at a new hidden name in ``directory``; return the name."""
+    def link(name):
+        _link_following(source, name)
+        return name
+
+    return _at_new_name(directory, suffix, link)
 
 
 def _link_following(source, target):

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..state import OtherRankFailed, open_rows_writer
 from . import data
-from .common import (DATA_HELP, EVAL_CHUNK_VALUES, PROG, add_common, code_shape, human_bytes,
+from .common import (DATA_HELP, EVAL_CHUNK_VALUES, add_common, code_shape, human_bytes,
                      load_quantizer)
 from .mpi import agree, world_comm
 

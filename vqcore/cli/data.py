@@ -18,8 +18,9 @@ Sources and ranks (the rule ``fit``, ``encode`` and ``decode`` share):
   pattern is refused (every rank would read it); shards numbered ``P`` or
   higher are refused too (they would be skipped).
 
-Writing: see :func:`vqcore.state.RowsWriter`; without ``--force`` an existing
-file is never replaced.
+Writing: :func:`atomic_path` here, and :func:`vqcore.state.open_rows_writer`
+for the rows of every rank; without ``--force`` an existing file is never
+replaced, and a replaced file keeps its permissions.
 """
 from __future__ import annotations
 
