@@ -41,15 +41,34 @@ def _blas_controller():
     return _controller
 
 
+_limit_lock = threading.Lock()
+_limit_holders = 0
+_limit_context = None
+
+
 @contextmanager
 def single_threaded_blas():
     """Hold BLAS to one thread while numba's threads each call it on their own block.
 
     Without this every thread's GEMM would start its own BLAS thread pool and
-    oversubscribe the cores.
+    oversubscribe the cores.  Safe when several Python threads search at once:
+    the first to enter saves the BLAS setting and the last to leave restores
+    it (a plain nested limit per thread would restore in the wrong order and
+    could leave BLAS at one thread).
     """
-    with _blas_controller().limit(limits=1):
+    global _limit_holders, _limit_context
+    with _limit_lock:
+        if _limit_holders == 0:
+            _limit_context = _blas_controller().limit(limits=1)
+        _limit_holders += 1
+    try:
         yield
+    finally:
+        with _limit_lock:
+            _limit_holders -= 1
+            if _limit_holders == 0:
+                _limit_context.restore_original_limits()
+                _limit_context = None
 
 
 def num_threads() -> int:

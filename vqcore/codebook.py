@@ -178,6 +178,16 @@ class _EMACodebook:
     def update_statistics_(self, x, mask, *, training):
         """Running statistics kept besides the codes (none here)."""
 
+    def ready_for_inference(self):
+        """Whether :meth:`infer` has every statistic it needs."""
+        return bool(self.initted[0])
+
+    def infer(self, x, *, return_quantize=True):
+        """Nearest codes of ``x`` (and their vectors) with the state as it is: nothing is updated."""
+        codebook = self.search_codebook()
+        indices = self.assign(x, codebook)
+        return (gather(codebook, indices) if return_quantize else None), indices
+
     def forward(self, x, *, training=True, mask=None, freeze_codebook=False, sample_codebook_temp=None,
                 return_quantize=True):
         """Quantize a flattened batch and, in training, update the codebook.
@@ -285,7 +295,10 @@ class EuclideanCodebook(_EMACodebook):
             self.codebook_mean = self._decayed("codebook_mean", mean, self.affine_param_codebook_decay)
             self.codebook_variance = self._decayed("codebook_variance", var, self.affine_param_codebook_decay)
         comm = self.comm if self.sync_affine_param else None
-        mean, var = ema.batch_stats(x, mask, comm=comm)
+        stats = ema.batch_stats(x, mask, comm=comm)
+        if stats is None:  # no rows (here, or on every rank): the running statistics stay as they are
+            return
+        mean, var = stats
         self.batch_mean = self._decayed("batch_mean", mean, self.affine_param_batch_decay)
         self.batch_variance = self._decayed("batch_variance", var, self.affine_param_batch_decay)
 
@@ -295,6 +308,10 @@ class EuclideanCodebook(_EMACodebook):
             flag[...] = 0.0
             return np.array(new, dtype=np.float32)
         return ema.decay_update(getattr(self, name), new, decay)
+
+    def ready_for_inference(self):
+        """Whether :meth:`infer` has every statistic it needs (affine: batch statistics from training)."""
+        return super().ready_for_inference() and (not self.affine_param or self.batch_mean is not None)
 
     def search_codebook(self):
         """The codes searched against: the embedding, moved onto batch statistics with affine_param."""

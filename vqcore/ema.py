@@ -182,12 +182,16 @@ def batch_stats(data, mask=None, *, comm=None):
 
     Returns
     -------
-    mean, variance : ndarrays of float32, shape (n_codebooks, 1, d)
+    (mean, variance) : ndarrays of float32, shape (n_codebooks, 1, d), or None
+        None when there are no rows (on this process, or on any rank with
+        ``comm``): a mean of nothing is not a statistic to keep.
     """
     if mask is not None:
         data = np.stack([part[m] for part, m in zip(data, mask)])
     data64 = data.astype(np.float64)
     if comm is None:
+        if data.shape[1] == 0:
+            return None
         mean = data64.mean(axis=1, keepdims=True)
         var = ((data64 - mean) ** 2).mean(axis=1, keepdims=True)
         return mean.astype(np.float32), var.astype(np.float32)
@@ -195,6 +199,8 @@ def batch_stats(data, mask=None, *, comm=None):
     totals = np.concatenate([head, data64.sum(axis=1).ravel()])
     comm.allreduce_sum_(totals)
     count = totals[0]
+    if count == 0:
+        return None
     mean = totals[1:].reshape(data.shape[0], 1, data.shape[2]) / count
     numer = ((data64 - mean) ** 2).sum(axis=1, keepdims=True)
     comm.allreduce_sum_(numer)

@@ -7,6 +7,7 @@ here: load them from a layer trained in torch.
 """
 from __future__ import annotations
 
+import threading
 import warnings
 
 import numpy as np
@@ -17,7 +18,7 @@ from .codebook import CosineSimCodebook, EuclideanCodebook
 from .comm import check_same, resolve_comm
 from .layout import HeadLayout
 from .linalg import l2_normalize
-from .options import VQOptions, options_signature
+from .options import VQOptions, check, options_signature
 from .state import check_state, read_npz, to_numpy, write_npz
 
 __all__ = ["VectorQuantizer"]
@@ -98,6 +99,18 @@ class VectorQuantizer:
         self.project_out = linear_init(self.rng, opts.dim, inner) if opts.has_projections else None
         self._projections_trained = False
         self._options_checked = False
+        # Training mutates the state in several steps; one lock per quantizer keeps concurrent
+        # calls from different threads whole (they run one after another).
+        self._lock = threading.RLock()
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     # -- the options, read-only -------------------------------------------------
     dim = property(lambda self: self.options.dim, doc="Feature dimension of the input.")
@@ -153,8 +166,17 @@ class VectorQuantizer:
         weight, bias = params
         return (x3.astype(np.float32, copy=False) @ weight.T + bias).astype(np.float32)
 
-    def _forward(self, x, mask, training, *, freeze_codebook=False, sample_codebook_temp=None, want_vectors=True):
+    def _forward(self, x, mask, training, *, freeze_codebook=False, sample_codebook_temp=None, want_vectors=True,
+                 inference=False):
+        """Validate everything, then run the codebook: training step, the seed's eval, or pure inference."""
+        if sample_codebook_temp is not None:
+            sample_codebook_temp = check("sample_codebook_temp", sample_codebook_temp)
         x, x3, mask, only_one = self._check_input(x, mask)
+        if self.comm.size == 1 and x3.shape[0] * x3.shape[1] == 0 and not inference:
+            # (a rank of a distributed job may hold no rows: the step's collectives still need it)
+            raise ValueError(f"x has no rows (shape {x.shape}); pass at least one vector")
+        if inference:
+            self._check_trained()
         if training and self.comm.size > 1 and not self._options_checked:
             # ranks with different options would corrupt each other's sums silently
             check_same(self.comm, **self.config)
@@ -163,10 +185,14 @@ class VectorQuantizer:
         flat = self.layout.split(self._project(x3, self.project_in))
         if self.use_cosine_sim:
             flat = l2_normalize(flat)
-        q, indices = self._codebook.forward(
-            flat, training=training, mask=None if mask is None else self.layout.mask(mask),
-            freeze_codebook=freeze_codebook, sample_codebook_temp=sample_codebook_temp, return_quantize=want_vectors,
-        )
+        if inference:
+            q, indices = self._codebook.infer(flat, return_quantize=want_vectors)
+        else:
+            q, indices = self._codebook.forward(
+                flat, training=training, mask=None if mask is None else self.layout.mask(mask),
+                freeze_codebook=freeze_codebook, sample_codebook_temp=sample_codebook_temp,
+                return_quantize=want_vectors,
+            )
         indices = self.layout.indices(indices, b, n)
         indices = np.ascontiguousarray(indices[:, 0] if only_one else indices)
         if not want_vectors:
@@ -175,6 +201,11 @@ class VectorQuantizer:
         if mask is not None:
             out = np.where(mask[..., None], out, x3)  # masked positions give back the input, as in the seed
         return (out[:, 0] if only_one else out), indices
+
+    def _check_trained(self):
+        if not self._codebook.initted[0] or not self._codebook.ready_for_inference():
+            raise ValueError("the quantizer has not been trained (k-means initialisation and affine statistics "
+                             "come from the first training batch): call fit or partial_fit first")
 
     # -- public API -----------------------------------------------------------
     def partial_fit(self, x, mask=None, *, freeze_codebook=False, sample_codebook_temp=None):
@@ -195,8 +226,9 @@ class VectorQuantizer:
         quantized : ndarray, same shape as ``x``
         indices : ndarray of int64, shape (batch, n) or (n,), with a trailing ``heads`` axis when heads > 1
         """
-        return self._forward(x, mask, training=True, freeze_codebook=freeze_codebook,
-                             sample_codebook_temp=sample_codebook_temp)
+        with self._lock:
+            return self._forward(x, mask, training=True, freeze_codebook=freeze_codebook,
+                                 sample_codebook_temp=sample_codebook_temp)
 
     def quantize(self, x, mask=None):
         """Quantize without training (the seed's eval forward); returns ``(vectors, indices)``.
@@ -204,11 +236,24 @@ class VectorQuantizer:
         As in the seed, an uninitialised k-means codebook is initialised on
         this batch and affine batch statistics are updated.
         """
-        return self._forward(x, mask, training=False)
+        with self._lock:
+            return self._forward(x, mask, training=False)
 
     def encode(self, x):
-        """Code indices of ``x`` (the seed's eval forward, without gathering the vectors)."""
-        return self._forward(x, None, training=False, want_vectors=False)[1]
+        """Code indices of ``x``: inference only, the state does not change.
+
+        Unlike :meth:`quantize` (the seed's eval forward), this neither runs
+        k-means on an untrained codebook nor updates affine batch statistics:
+        encoding the same data twice gives the same codes.
+
+        Raises
+        ------
+        ValueError
+            The quantizer has not been trained (no k-means initialisation or
+            affine statistics yet).
+        """
+        with self._lock:
+            return self._forward(x, None, training=False, want_vectors=False, inference=True)[1]
 
     def get_codes_from_indices(self, indices):
         """Code vectors for ``indices``, heads concatenated: shape ``indices.shape[:-1] + (heads * codebook_dim,)`` when heads > 1."""

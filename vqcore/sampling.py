@@ -109,7 +109,8 @@ def gumbel_sample(logits, *, temperature=1.0, stochastic=False, training=True, r
         raise ValueError(f"logits must have a non-empty last axis; got shape {logits.shape}")
     if training and stochastic and temperature > 0:
         rng = _validate.rng(rng)
-        logits = logits / temperature + rng.gumbel(size=logits.shape).astype(logits.dtype, copy=False)
+        # float64: a tiny temperature must not overflow float32 logits to ties of inf
+        logits = logits.astype(np.float64) / temperature + rng.gumbel(size=logits.shape)
     return np.argmax(logits, axis=-1).astype(np.int64, copy=False)
 
 
