@@ -102,14 +102,15 @@ def residual_loop(x, stages, last_stage=None):
     extras : list of lists
         Each stage's ``extras``, for the stages that ran.
     """
+    stages = list(stages)
+    stop = len(stages) - 1 if last_stage is None else min(last_stage, len(stages) - 1)
     quantized_out = None
     residual = x
     extras = []
-    for index, stage in enumerate(stages):
-        if last_stage is not None and index > last_stage:
-            break
-        quantized, *rest = stage(residual)
-        residual = residual - quantized.detach()
+    for index in range(stop + 1):
+        quantized, *rest = stages[index](residual)
+        if index < stop:  # the residual after the last stage that runs is never used
+            residual = residual - quantized.detach()
         # The same sums as the seed's 0. + q0 + q1 + ...; accumulated in place after the first
         # (a fresh tensor), which saves one activation-sized allocation per stage.
         if quantized_out is None:
