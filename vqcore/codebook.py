@@ -266,7 +266,7 @@ class EuclideanCodebook(_EMACodebook):
             self.codebook_mean_needs_init = np.ones(1, np.float32)
             self.codebook_mean = np.zeros(stat, np.float32)
             self.codebook_variance_needs_init = np.ones(1, np.float32)
-            self.codebook_variance = np.zeros(stat, np.float32)
+            self.codebook_variance = np.ones(stat, np.float32)  # defined until the first training step
 
     def state_keys(self):
         """Names of the state arrays, in the seed module's order (affine statistics that exist)."""

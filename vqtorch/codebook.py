@@ -94,9 +94,11 @@ class _Codebook(nn.Module):
             self.register_buffer("batch_mean", None)
             self.register_buffer("batch_variance", None)
             self.register_buffer("codebook_mean_needs_init", torch.tensor([1.0]))
-            self.register_buffer("codebook_mean", torch.empty(num_codebooks, 1, dim))
+            # The seed leaves these uninitialised (torch.empty) until the first training step; defined
+            # values make a fresh layer's eval deterministic.
+            self.register_buffer("codebook_mean", torch.zeros(num_codebooks, 1, dim))
             self.register_buffer("codebook_variance_needs_init", torch.tensor([1.0]))
-            self.register_buffer("codebook_variance", torch.empty(num_codebooks, 1, dim))
+            self.register_buffer("codebook_variance", torch.ones(num_codebooks, 1, dim))
 
     # -- construction helpers ------------------------------------------------------------------
 

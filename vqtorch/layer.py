@@ -112,11 +112,14 @@ class VectorQuantize(nn.Module):
         with torch.no_grad():
             self._codebook.embed.copy_(codes)
 
-    def _check_indices(self, indices):
+    def _check_indices(self, indices, *, allow_ignore=False):
+        """Integer codes in range; ``-1`` ("ignore") only where a loss can skip it."""
         if not isinstance(indices, torch.Tensor) or indices.dtype.is_floating_point or indices.dtype == torch.bool:
             raise TypeError(f"indices must be an integer tensor, got {getattr(indices, 'dtype', type(indices))}.")
-        if indices.numel() and (int(indices.min()) < -1 or int(indices.max()) >= self.codebook_size):
-            raise ValueError(f"indices must lie in [0, {self.codebook_size}) (or -1 to ignore), "
+        low = -1 if allow_ignore else 0
+        if indices.numel() and (int(indices.min()) < low or int(indices.max()) >= self.codebook_size):
+            ignore = " (or -1 to ignore)" if allow_ignore else " (-1 means 'ignore' only in forward(indices=...))"
+            raise ValueError(f"indices must lie in [0, {self.codebook_size}){ignore}, "
                              f"got values in [{int(indices.min())}, {int(indices.max())}].")
 
     def get_codes_from_indices(self, indices):
@@ -173,14 +176,25 @@ class VectorQuantize(nn.Module):
         feature_axis = 1 if (self.accept_image_fmap or (not self.channel_last and x.ndim == 3)) else -1
         if x.shape[feature_axis] != self.dim:
             raise ValueError(f"x has {x.shape[feature_axis]} features on axis {feature_axis}, expected dim={self.dim}.")
+        if not torch.isfinite(x).all():
+            raise ValueError("x contains NaN or Inf; remove or impute those values first (the codebook is unchanged).")
         if mask is not None:
             if x.ndim == 2 or self.accept_image_fmap or not self.channel_last:
                 raise ValueError("mask works only for channel-last (b, n, d) input: pass mask=None.")
             if mask.dtype != torch.bool or tuple(mask.shape) != tuple(x.shape[:2]):
                 raise ValueError(f"mask must be a bool tensor of shape {tuple(x.shape[:2])}, "
                                  f"got {mask.dtype} {tuple(mask.shape)}.")
+            if self.training and not mask.any():
+                raise ValueError("mask is all False: no vector would be quantized or trained on.")
         if indices is not None:
-            self._check_indices(indices)
+            self._check_indices(indices, allow_ignore=True)
+            tokens = 1 if x.ndim == 2 else (x.shape[-2] * x.shape[-1] if self.accept_image_fmap else
+                                            x.shape[1] if self.channel_last else x.shape[2])
+            expected = x.shape[0] * tokens * self.heads
+            if indices.shape[:1] != x.shape[:1] or indices.numel() != expected:
+                raise ValueError(f"indices has shape {tuple(indices.shape)}; for x of shape {tuple(x.shape)} it "
+                                 f"needs {x.shape[0]} rows and {expected} codes in all (the layout forward "
+                                 "returns).")
 
     def _ce_loss(self, distances, codes, b):
         """Cross entropy of the codes (b, n[, h]) under the negative distances, -1 ignored."""
