@@ -153,3 +153,12 @@ def test_bad_arguments(kwargs, error, words):
 def test_bad_sample_weight():
     with pytest.raises(ValueError, match="sample_weight"):
         cluster.kmeans_plusplus(blobs(10, 2, 2), 2, sample_weight=-np.ones(10))
+
+
+def test_rows_init_draws_distinct_data_rows_reproducibly():
+    x = blobs(300, 3, 4, seed=9)
+    a, _ = vqcore.kmeans(x, 7, iters=0, init="rows", seed=2)
+    b, _ = vqcore.kmeans(x, 7, iters=0, init="rows", seed=2)
+    np.testing.assert_array_equal(a, b)
+    rows = {tuple(r) for r in x}
+    assert all(tuple(m) in rows for m in a) and len({tuple(m) for m in a}) == 7

@@ -14,7 +14,7 @@ from .search import assign
 
 __all__ = ["kmeans", "kmeans_plusplus"]
 
-INITS = ("random", "k-means++", "k-means||")
+INITS = ("random", "rows", "k-means++", "k-means||")
 
 
 def initial_means(x, num_clusters, rng, comm):
@@ -211,10 +211,31 @@ def _kmeans_parallel(x, k, root, comm, offset):
     return centers[chosen]
 
 
+def _rows_by_global_index(x, num_clusters, root, comm, offset):
+    """``num_clusters`` rows of the concatenated shards (c, n, d), drawn by global index from ``root``.
+
+    Distinct rows when there are enough; every rank gets the same rows, the
+    ones a single process would draw from the concatenation.
+    """
+    n = x.shape[1]
+    total = int(sum(comm.allgather_object(n))) if comm.size > 1 else n
+    picks = np.random.default_rng([root, _FIRST_STREAM]).choice(total, size=num_clusters,
+                                                                 replace=total < num_clusters)
+    local = picks - offset
+    mine = np.flatnonzero((local >= 0) & (local < n))
+    rows = comm.allgatherv(np.ascontiguousarray(x[:, local[mine]].transpose(1, 0, 2)))  # (k, c, d), rank order
+    order = comm.allgatherv(mine.astype(np.int64))
+    means = np.empty_like(rows)
+    means[order] = rows
+    return np.ascontiguousarray(means.transpose(1, 0, 2))
+
+
 def _initialise(x, num_clusters, init, rng, root, comm, offset):
     """Initial means (c, k, d) for a string ``init``."""
     if init == "random":
         return initial_means(x, num_clusters, rng, comm).astype(x.dtype, copy=False)
+    if init == "rows":
+        return _rows_by_global_index(x, num_clusters, root, comm, offset)
     if init == "k-means++" and comm.size == 1:
         reducer = np.random.default_rng([root, _REDUCE_STREAM])
         return np.stack([part[_greedy_kmeanspp(part, num_clusters, reducer)] for part in x])
@@ -293,10 +314,13 @@ def kmeans(x, num_clusters, *, iters=10, metric="euclidean", init=None, seed=Non
         Lloyd steps (assign, then move each mean to the centroid of its rows).
     metric : {"euclidean", "cosine"}
         Cosine assigns by largest dot product and re-normalises the means.
-    init : {"random", "k-means++", "k-means||"} or array_like, optional
+    init : {"random", "rows", "k-means++", "k-means||"} or array_like, optional
         ``None`` or ``"random"`` (the seed's behaviour): ``num_clusters``
         random rows (with replacement, and a warning, only when there are
-        fewer rows than clusters).  ``"k-means++"``: greedy k-means++ as
+        fewer rows than clusters); under a communicator rank 0 splits the
+        draws over the ranks, as the seed does.  ``"rows"``: random rows too,
+        but drawn by global row index, so a distributed run draws the rows
+        one process would draw from the concatenated shards.  ``"k-means++"``: greedy k-means++ as
         scikit-learn seeds (``2 + log k`` candidates per centre, the one that
         lowers the potential most); under a communicator with several ranks
         it runs as ``"k-means||"`` (Bahmani et al., 2012: five rounds of

@@ -112,11 +112,16 @@ def load_kmeans_result(codebook, index, means, counts):
 
 
 def check_fit_method(method, init):
-    """Validate ``fit``'s ``method`` and ``init`` names."""
+    """Validate ``fit``'s ``method`` and ``init`` names; return the :func:`vqcore.kmeans` init.
+
+    ``"random"`` becomes kmeans' ``"rows"``: random rows drawn by global row
+    index, so a distributed fit equals one process on the concatenation.
+    """
     if method not in ("kmeans", "ema"):
         raise ValueError(f"method={method!r} is not supported; use 'kmeans' or 'ema'")
     if init not in ("random", "k-means++", "k-means||"):
         raise ValueError(f"init={init!r} is not supported; use 'random', 'k-means++' or 'k-means||'")
+    return "rows" if init == "random" else init
 
 
 # -- beam search ------------------------------------------------------------------------
@@ -432,7 +437,7 @@ class ResidualQuantizer:
             self._options_checked = True
 
     # -- training ----------------------------------------------------------------------
-    def fit(self, x, *, method="kmeans", iters=20, init="k-means++", refine=0, beam_size=None, batch_size=4096,
+    def fit(self, x, *, method="kmeans", iters=20, init="random", refine=0, beam_size=None, batch_size=4096,
             epochs=1, progress=True, shuffle=True, max_points_per_cluster=MAX_POINTS_PER_CLUSTER):
         """Train every stage.
 
@@ -447,9 +452,17 @@ class ResidualQuantizer:
             :meth:`partial_fit` over batches, as vqp's ``ResidualVQ`` trains.
         iters : int
             Lloyd iterations per stage (kmeans).
-        init : {"k-means++", "random", "k-means||"}
-            k-means initialisation per stage (k-means++ runs as k-means|| on
-            several ranks; see :func:`vqcore.kmeans`).
+        init : {"random", "k-means++", "k-means||"}
+            k-means initialisation per stage: random rows of the residuals
+            (drawn by global row index, so sharding does not change them), or
+            k-means++ (k-means|| on several ranks; see :func:`vqcore.kmeans`).
+            Random rows are the default because they gave 2-3 % lower test
+            error here: on 4x4x3 image patches (64k train, 8 x 256 codes)
+            test MSE/variance 0.00428 against 0.00437 with k-means++ (seed 0;
+            0.00430 against 0.00442 with seed 1).  Residuals are heavy-tailed,
+            and k-means++ spends codes on their tail (stage-1 perplexity 133
+            of 256 against 193).  The product quantizer keeps k-means++,
+            which is better there.
         refine : int
             Extra passes (kmeans): each stage in turn is re-fitted by k-means,
             started from its codes, on the input minus every other stage's
@@ -471,7 +484,7 @@ class ResidualQuantizer:
         -------
         self
         """
-        check_fit_method(method, init)
+        init = check_fit_method(method, init)
         iters = _validate.positive_int("iters", iters, minimum=0)
         refine = _validate.positive_int("refine", refine, minimum=0)
         beam = self.beam_size if beam_size is None else _validate.positive_int("beam_size", beam_size)

@@ -46,6 +46,12 @@ for groups, beam in ((1, 1), (2, 1), (1, 3)):
     got = ours.score(mine)
     np.testing.assert_allclose(got["mse_per_stage"], want["mse_per_stage"], rtol=1e-4)
 
+# the RQ default: random rows drawn by global row index, the same rows as one process draws
+serial = vqcore.ResidualQuantizer(DIM, 8, 2, seed=3).fit(x, **fit)
+ours = vqcore.ResidualQuantizer(DIM, 8, 2, seed=3, comm=comm).fit(mine, **fit)
+close(ours.state_dict(), serial.state_dict(), "RQ random rows")
+assert same_on_all_ranks(ours.state_dict())
+
 # PQ: one batched k-means over the subspaces
 serial = vqcore.ProductQuantizer(DIM, 8, 3, seed=0).fit(x, init="k-means||", **fit)
 ours = vqcore.ProductQuantizer(DIM, 8, 3, seed=0, comm=comm).fit(mine, init=INIT, **fit)
