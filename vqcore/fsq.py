@@ -82,6 +82,16 @@ class Projected:
 
     KIND = ""
 
+    @property
+    def code_shape(self):
+        """Shape of one vector's codes: stages, kept codebooks, or ``()`` for one code."""
+        if hasattr(self, "num_quantizers"):
+            return (self.num_quantizers,)
+        return (self.num_codebooks,) if self.keep_num_codebooks_dim else ()
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config.items())})"
+
     def __init__(self, dim, inner_dim, seed=None):
         self.dim = dim
         self.inner_dim = inner_dim

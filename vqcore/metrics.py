@@ -100,7 +100,7 @@ class Score:
 
 
 def score(quantizer, chunks, *, comm=None):
-    """Score a ``VectorQuantizer`` on an iterable of row chunks (each ``(n, dim)``).
+    """Score a quantizer of any kind on an iterable of row chunks (each ``(n, dim)``).
 
     Rows are encoded and decoded (inference only); cosine quantizers are
     compared with the unit-normalised rows, since their codes are directions.
@@ -110,7 +110,7 @@ def score(quantizer, chunks, *, comm=None):
     -------
     dict, see :meth:`Score.result`
     """
-    totals = Score(quantizer.dim, quantizer.codebook_size, quantizer.heads)
+    totals = Score(quantizer.dim, quantizer.codebook_size, int(np.prod(quantizer.code_shape, dtype=np.int64)))
     cosine = getattr(quantizer, "use_cosine_sim", False)
     for block in chunks:
         codes = quantizer.encode(block)

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import metrics
 from ..quantizer import VectorQuantizer
-from . import data
+from . import data, kinds
 from .common import DATA_HELP, EVAL_CHUNK_VALUES, PROG, UsageError, add_common, float_in, int_at_least
 from .mpi import agree, shared_seed, world_comm
 
@@ -19,7 +19,8 @@ def add_parser(sub):
                          description="Train a codebook: k-means on the first batch, then EMA updates "
                                      "over every batch.  Under mpiexec the ranks share the work.")
     fit.add_argument("data", nargs="+", metavar="DATA", help=DATA_HELP)
-    fit.add_argument("-k", "--codebook-size", type=int_at_least(1), required=True, metavar="K", help="number of codes")
+    fit.add_argument("-k", "--codebook-size", type=int_at_least(1), metavar="K",
+                     help="number of codes (per stage or subspace); required except with --fsq")
     fit.add_argument("-o", "--output", required=True, metavar="CODEBOOK.npz", help="codebook file to write (.npz)")
     fit.add_argument("--cosine", action="store_true", help="unit-normalise and compare by dot product")
     fit.add_argument("--heads", type=int_at_least(1), default=1, metavar="H",
@@ -34,6 +35,7 @@ def add_parser(sub):
     fit.add_argument("--dead-code-threshold", type=float_in(0.0, float("inf")), default=0.0, metavar="T",
                      help="re-seed codes whose EMA size falls below this (default 0: never)")
     fit.add_argument("--seed", type=int_at_least(0), metavar="S", help="random seed (default: fresh randomness)")
+    kinds.add_arguments(fit)
     add_common(fit)
     fit.set_defaults(func=cmd_fit)
 
@@ -107,6 +109,7 @@ def cmd_fit(args):
     """``vqcore fit``: train a codebook and write it."""
     from tqdm.auto import tqdm
 
+    kind = kinds.chosen(args)
     comm = world_comm()
     rank, size = (0, 1) if comm is None else (comm.rank, comm.size)
     rows = error = None
@@ -125,7 +128,8 @@ def cmd_fit(args):
         try:
             if sum(all_rows) == 0:
                 raise data.InputError(" ".join(args.data), "holds no vectors")
-            check_codebook_size(args.codebook_size, sum(all_rows), args.heads)
+            if kind not in kinds.IMPLICIT:
+                check_codebook_size(args.codebook_size, sum(all_rows), args.heads)
         except ValueError as exc:
             error = exc
     agree(comm, error)
@@ -134,6 +138,8 @@ def cmd_fit(args):
         agree(comm, None if len(set(dims)) == 1 else data.InputError(
             " ".join(args.data), f"ranks read different dims {dims}; every {data.RANK_FIELD} file needs the same dim"))
     seed = shared_seed(args.seed, comm)
+    if kind != "vq":
+        return fit_kind(kind, args, rows, comm, seed)
     quantizer = VectorQuantizer(
         rows.dim, args.codebook_size, codebook_dim=codebook_dim, heads=args.heads, use_cosine_sim=args.cosine,
         decay=args.decay, kmeans_init=True, kmeans_iters=args.kmeans_iters,
@@ -160,6 +166,37 @@ def cmd_fit(args):
         with data.atomic_path(args.output, force=args.force, suffix=".npz") as tmp:
             quantizer.save(tmp)
         print_fit_summary(args, rows, stats, size, train_time, eval_time)
+    return 0
+
+
+def fit_kind(kind, args, rows, comm, seed):
+    """Residual and product quantizers (k-means on all of this rank's rows), or FSQ/LFQ (configuration only)."""
+    rank = 0 if comm is None else comm.rank
+    error = quantizer = None
+    try:
+        quantizer = kinds.build(kind, args, rows.dim, seed, comm)
+    except ValueError as exc:
+        error = exc
+    agree(comm, error)
+    show = rank == 0 and not args.quiet
+    x = rows.read(0, len(rows))
+    start = time.perf_counter()
+    if kind in kinds.IN_MEMORY:
+        kinds.train(kind, quantizer, x, args, show)
+    train_time = time.perf_counter() - start
+    stats = quantizer.score(x) if kind in kinds.IN_MEMORY else metrics.score(quantizer, [x], comm=comm)
+    n = sum(comm.allgather_object(len(rows))) if comm is not None else len(rows)
+    if rank == 0:
+        with data.atomic_path(args.output, force=args.force, suffix=".npz") as tmp:
+            quantizer.save(tmp)
+        print(f"data:       {n} vectors x {rows.dim} dims from {' '.join(args.data)}")
+        print(f"quantizer:  {quantizer!r} -> {args.output}")
+        per_stage = stats.get("mse_per_stage")
+        print(f"mse:        {stats['mse']:.6g} per element" + (
+            " (after stages 1..: " + ", ".join(f"{v:.4g}" for v in per_stage) + ")" if per_stage else ""))
+        print(f"perplexity: {stats['perplexity']} (of the codes the data chose)")
+        print(f"dead codes: {stats['dead_codes']} (no vector maps to them)")
+        print(f"time:       {train_time:.3g} s training")
     return 0
 
 
