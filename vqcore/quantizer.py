@@ -392,24 +392,51 @@ class VectorQuantizer:
         """Load a state dict from :meth:`state_dict`, the seed's module or vqtorch (torch tensors work).
 
         Everything is checked before anything changes: on error the quantizer is untouched.
+        With ``strict=False`` keys may be missing, but a projection's weight
+        needs its bias (and the reverse), and affine batch statistics come in
+        pairs, so the quantizer never holds half of either.
 
         Raises
         ------
         ValueError
-            A key is missing or unexpected (with ``strict``), or a shape differs.
+            A key is missing or unexpected (with ``strict``), a shape differs,
+            a value is not usable state (see :func:`vqcore.state.check_state`),
+            or half a projection or half the batch statistics is given.
+        TypeError
+            ``state_dict`` is not a mapping.
         """
+        if not hasattr(state_dict, "items"):
+            raise TypeError(f"state_dict must be a dict of arrays; got {type(state_dict).__name__}")
         optional = {"_codebook.batch_mean", "_codebook.batch_variance"}
         state = check_state({k: to_numpy(v) for k, v in state_dict.items()}, self._expected_state(),
                             optional=optional, strict=strict)
-        if self.has_projections:
-            for name in ("project_in", "project_out"):
-                if f"{name}.weight" in state:
-                    setattr(self, name, (state[f"{name}.weight"], state[f"{name}.bias"]))
-                    self._projections_trained = True
-        for key, value in state.items():
-            if key.startswith("_codebook."):
-                setattr(self._codebook, key[len("_codebook."):], value)
+        self._check_pairs(state)
+        with self._lock:
+            if self.has_projections:
+                for name in ("project_in", "project_out"):
+                    if f"{name}.weight" in state:
+                        setattr(self, name, (state[f"{name}.weight"], state[f"{name}.bias"]))
+                        self._projections_trained = True
+            for key, value in state.items():
+                if key.startswith("_codebook."):
+                    setattr(self._codebook, key[len("_codebook."):], value)
         return self
+
+    def _check_pairs(self, state):
+        """Refuse half a projection, or batch statistics the codebook would then hold only half of."""
+        pairs = [("project_in.weight", "project_in.bias"), ("project_out.weight", "project_out.bias")]
+        for first, second in pairs:
+            if (first in state) != (second in state):
+                given, absent = (first, second) if first in state else (second, first)
+                raise ValueError(f"state dict has {given} but not {absent}: a projection loads whole "
+                                 "(pass both, or neither with strict=False)")
+        mean, var = "_codebook.batch_mean", "_codebook.batch_variance"
+        held = {key: key in state or getattr(self._codebook, key[len("_codebook."):], None) is not None
+                for key in (mean, var)}
+        if held[mean] != held[var]:
+            given = mean if mean in state else var
+            raise ValueError(f"state dict has {given} without {var if given == mean else mean}: the affine batch "
+                             "statistics load together (pass both, or neither)")
 
     def save(self, path):
         """Write configuration and state to one ``.npz`` file, atomically (no pickle)."""
@@ -419,17 +446,30 @@ class VectorQuantizer:
     def load(cls, path, *, seed=None, comm=None):
         """Read a quantizer written by :meth:`save`.
 
+        The quantizer is built from the file's configuration first, and every
+        stored array's declared shape is checked against the shapes that
+        configuration implies before any array data is read.
+
         Raises
         ------
         ValueError
-            The file is not a vqcore quantizer file, or of an unknown version.
+            The file is not a vqcore quantizer file, is damaged, holds a
+            configuration this vqcore refuses, or is of an unknown version.
         """
-        config, state = read_npz(path, kind="VectorQuantizer")
-        unknown = set(config) - set(VQOptions.option_names())
-        if unknown:
-            raise ValueError(f"{path}: unknown configuration keys {sorted(unknown)}; written by a newer vqcore?")
-        quantizer = cls(**config, seed=seed, comm=comm)
-        return quantizer.load_state_dict(state)
+        built = {}
+
+        def expected(config):
+            unknown = set(config) - set(VQOptions.option_names())
+            if unknown:
+                raise ValueError(f"{path}: unknown configuration keys {sorted(unknown)}; written by a newer vqcore?")
+            try:
+                built["quantizer"] = cls(**config, seed=seed, comm=comm)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{path}: the stored configuration is refused: {exc}") from None
+            return built["quantizer"]._expected_state()
+
+        _, state = read_npz(path, kind="VectorQuantizer", expected=expected)
+        return built["quantizer"].load_state_dict(state)
 
     def _warn_if_untrained_projections(self):
         """Warn that projections exist but were never loaded (vqcore does not train them)."""

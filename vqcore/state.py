@@ -21,8 +21,31 @@ def to_numpy(value):
     return np.array(value, copy=True)
 
 
+#: State arrays holding EMA counts or variances (never negative), and 0/1 flags, by the key's last part.
+NON_NEGATIVE_STATE = ("cluster_size", "batch_variance", "codebook_variance")
+FLAG_STATE = ("initted", "codebook_mean_needs_init", "codebook_variance_needs_init")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _value_problem(key, value):
+    """Why the values of state array ``key`` cannot be used as float32 state, or None."""
+    if not value.size:
+        return None
+    if value.dtype.kind in "fc" and not np.all(np.isfinite(value)):
+        return f"{key} contains NaN or Inf"
+    largest = float(np.max(np.abs(value.astype(np.float64))))
+    if largest > _FLOAT32_MAX:  # float64 (or int) values that would turn into inf as float32
+        return f"{key} holds {largest:.3g}, beyond the float32 range (|x| <= {_FLOAT32_MAX:.3g})"
+    name = key.rsplit(".", 1)[-1]
+    if name in NON_NEGATIVE_STATE and np.min(value) < 0:
+        return f"{key} holds a negative value ({float(np.min(value)):.3g}); it is a count or variance (>= 0)"
+    if name in FLAG_STATE and not np.all((value == 0) | (value == 1)):
+        return f"{key} must be 0 or 1; got {sorted(set(np.unique(value).tolist()))[:5]}"
+    return None
+
+
 def check_state(state, expected, *, optional=(), strict=True):
-    """Check keys and shapes of a state dict; return it with float32 values.
+    """Check keys, shapes and values of a state dict; return it with float32 values.
 
     Parameters
     ----------
@@ -38,7 +61,11 @@ def check_state(state, expected, *, optional=(), strict=True):
     Raises
     ------
     ValueError
-        Naming every missing, unexpected or mis-shaped key.
+        Naming every missing, unexpected or mis-shaped key, and every array
+        whose values are not usable state: NaN or Inf, beyond the float32
+        range (a float64 ``1e39`` would become ``inf``), a negative count or
+        variance (``cluster_size``, ``*_variance``), or a flag
+        (``initted``, ``*_needs_init``) other than 0 or 1.
     """
     problems = []
     if strict:
@@ -49,12 +76,16 @@ def check_state(state, expected, *, optional=(), strict=True):
         if unexpected:
             problems.append(f"unexpected keys {unexpected}")
     for key, value in state.items():
-        if key in expected and tuple(value.shape) != tuple(expected[key]):
+        if key not in expected:
+            continue
+        if tuple(value.shape) != tuple(expected[key]):
             problems.append(f"{key} has shape {tuple(value.shape)}, expected {tuple(expected[key])}")
-        elif key in expected and value.dtype.kind not in "fiub":
+        elif value.dtype.kind not in "fiub":
             problems.append(f"{key} has dtype {value.dtype}, expected numbers")
-        elif key in expected and value.size and not np.all(np.isfinite(value)):
-            problems.append(f"{key} contains NaN or Inf")
+        else:
+            problem = _value_problem(key, value)
+            if problem:
+                problems.append(problem)
     if problems:
         raise ValueError(
             "state dict does not fit this quantizer: " + "; ".join(problems)
