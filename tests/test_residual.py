@@ -214,6 +214,7 @@ def test_load_refuses_files_that_are_not_vqcore(tmp_path):
         (dict(use_cosine_sim=True, beam_size=2), ValueError, "beam_size > 1"),
         (dict(affine_param=True), TypeError, "unknown codebook options ['affine_param']"),
         (dict(comm="world"), TypeError, "comm='world'"),
+        (dict(decay=2.0), ValueError, "decay=2.0"),
     ],
 )
 def test_bad_constructor_arguments(kwargs, error, words):

@@ -8,6 +8,7 @@ or with the seed's EMA codebooks in sequence (vqp's ``ResidualVQ``);
 from __future__ import annotations
 
 import warnings
+from dataclasses import fields
 
 import numpy as np
 from numba import prange
@@ -20,18 +21,18 @@ from .codebook import CosineSimCodebook, EuclideanCodebook
 from .comm import check_same, resolve_comm
 from .io import register
 from .linalg import l2_normalize
+from .options import VQOptions
+from .options import check as check_option
 from .quantizer import linear_init
 from .search import nearest_unchecked
 from .state import check_state, read_npz, to_numpy, write_npz
 
 __all__ = ["ResidualQuantizer"]
 
-#: Codebook options a residual stage accepts, with the defaults of the seed's ``VectorQuantize``.
-CODEBOOK_DEFAULTS = dict(
-    decay=0.8, eps=1e-5, kmeans_init=False, kmeans_iters=10, threshold_ema_dead_code=0,
-    reset_cluster_size=None, ema_update=True, sync_kmeans=True, stochastic_sample_codes=False,
-    sample_codebook_temp=1.0,
-)
+#: Codebook options a residual stage or product subspace accepts (defaults and checks: :class:`vqcore.options.VQOptions`).
+CODEBOOK_OPTIONS = ("decay", "eps", "kmeans_init", "kmeans_iters", "threshold_ema_dead_code", "reset_cluster_size",
+                    "ema_update", "sync_kmeans", "stochastic_sample_codes", "sample_codebook_temp")
+CODEBOOK_DEFAULTS = {f.name: f.default for f in fields(VQOptions) if f.name in CODEBOOK_OPTIONS}
 #: k-means defaults of RQ/PQ training: 256 points per centroid, as faiss.
 MAX_POINTS_PER_CLUSTER = 256
 #: Seeding draws from 16 rows per code: greedy k-means++ on all rows would cost more than Lloyd.
@@ -43,10 +44,10 @@ BEAM_CHUNK_ROWS = 2048
 # -- helpers shared with the product quantizer ----------------------------------------
 def codebook_options(options):
     """Merge user codebook options over :data:`CODEBOOK_DEFAULTS`; unknown names are a TypeError."""
-    unknown = sorted(set(options) - set(CODEBOOK_DEFAULTS))
+    unknown = sorted(set(options) - set(CODEBOOK_OPTIONS))
     if unknown:
-        raise TypeError(f"unknown codebook options {unknown}; accepted: {sorted(CODEBOOK_DEFAULTS)}")
-    return {**CODEBOOK_DEFAULTS, **options}
+        raise TypeError(f"unknown codebook options {unknown}; accepted: {sorted(CODEBOOK_OPTIONS)}")
+    return {**CODEBOOK_DEFAULTS, **{name: check_option(name, value) for name, value in options.items()}}
 
 
 def code_dtype(codebook_size):
