@@ -438,7 +438,7 @@ class ResidualQuantizer:
             self._options_checked = True
 
     # -- training ----------------------------------------------------------------------
-    def fit(self, x, *, method="kmeans", iters=20, init="random", refine=0, beam_size=None, batch_size=4096,
+    def fit(self, x, *, method="kmeans", iters=25, init="random", refine=0, beam_size=None, batch_size=4096,
             epochs=1, progress=True, shuffle=True, max_points_per_cluster=MAX_POINTS_PER_CLUSTER):
         """Train every stage.
 
@@ -452,7 +452,7 @@ class ResidualQuantizer:
             left by stages ``< i``.  ``"ema"``: ``epochs`` passes of
             :meth:`partial_fit` over batches, as vqp's ``ResidualVQ`` trains.
         iters : int
-            Lloyd iterations per stage (kmeans).
+            Lloyd iterations per stage (kmeans); 25 is faiss's default.
         init : {"random", "k-means++", "k-means||"}
             k-means initialisation per stage: random rows of the residuals
             (drawn by global row index, so sharding does not change them), or
