@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+from .quantizer import VectorQuantizer
 from .state import FORMAT
 
 __all__ = ["load", "register", "registered_kinds", "file_kind"]
@@ -36,8 +37,7 @@ def register(kind):
 
 
 def registered_kinds():
-    """The kinds :func:`load` can read, sorted."""
-    _register_builtin()
+    """The kinds :func:`load` can read, sorted (every quantizer module registers on import)."""
     return sorted(_REGISTRY)
 
 
@@ -81,19 +81,14 @@ def load(path, *, seed=None, comm=None):
         Not a vqcore file, or a kind this vqcore does not know.
     """
     kind = file_kind(path)
-    _register_builtin()
     cls = _REGISTRY.get(kind)
     if cls is None:
         raise ValueError(f"{os.fspath(path)} holds a {kind!r}; this vqcore reads {sorted(_REGISTRY)}")
     return cls.load(path, seed=seed, comm=comm)
 
 
-def _register_builtin():
-    """Import the built-in quantizers (their modules register themselves; VectorQuantizer here)."""
-    from . import product, residual  # noqa: F401  (registration on import)
-    from .quantizer import VectorQuantizer
-
-    register("VectorQuantizer")(VectorQuantizer)
+# quantizer.py stays free of file-format registration; its kind is registered here
+register("VectorQuantizer")(VectorQuantizer)
 
 
 def write_rows(path, rows, *, comm=None, overwrite=False):
