@@ -29,6 +29,15 @@ def build(opts, seed=0):
         return None
 
 
+def beyond_float32_variance(x):
+    """Rows whose squares leave the float32 range (|x| > 1e18)."""
+    try:
+        values = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return values.size > 0 and np.nanmax(np.abs(values), initial=0) > 1e18
+
+
 def run_sequence(data, vq, steps):
     """Run random calls on ``vq``, checking every property after each one."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -38,6 +47,8 @@ def run_sequence(data, vq, steps):
                 kwargs = {}
                 if op == "partial_fit_temp":
                     kwargs["sample_codebook_temp"] = data.draw(st.sampled_from([0.5, 0.0, -1.0, "a", float("nan")]))
+                if vq.options.affine_param and beyond_float32_variance(x):
+                    continue  # known bug: test_known_bugs.test_affine_statistics_beyond_float32_leave_the_state_alone
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     call_checked(vq, "partial_fit", x, **kwargs)
