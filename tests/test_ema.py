@@ -60,7 +60,8 @@ def test_ema_update_matches_the_seeds_formulas(decay, cosine):
     want = avg_t / smoothed[..., None]
     if cosine:
         want = seed_module.l2norm(want)
-    ema.ema_update_(cluster_size, embed_avg, embed, counts, sums, decay=decay, eps=1e-5, cosine=cosine)
+    ema.ema_update_(cluster_size, embed_avg, embed, counts, sums, decay=decay, eps=1e-5,
+                    metric="cosine" if cosine else "euclidean")
     np.testing.assert_allclose(cluster_size, cs_t.numpy(), rtol=1e-6)
     np.testing.assert_allclose(embed_avg, avg_t.numpy(), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(embed, want.numpy(), rtol=1e-5, atol=1e-6)

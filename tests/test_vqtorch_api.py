@@ -122,7 +122,7 @@ def test_half_precision_input(backend, dtype, train):
 
 
 def test_sync_codebook_defaults_off_without_process_group():
-    assert VectorQuantize(dim=4, codebook_size=8)._codebook.use_ddp is False
+    assert VectorQuantize(dim=4, codebook_size=8)._codebook.comm is None
 
 
 # -- bad input -----------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.torch_reference import backends
-from vqtorch.backend_torch import TorchBackend
+from vqtorch.backends.torch_ops import TorchBackend
 from vqtorch.backends import select_backend
 
 
@@ -28,7 +28,8 @@ def test_nearest_matches_dense_argmax(name, cosine):
     x, embed = _data()
     dense = torch.einsum("cnd,ckd->cnk", x.double(), embed.double()) if cosine else \
         -torch.cdist(x.double(), embed.double())
-    torch.testing.assert_close(_backend(name).nearest(x, embed, cosine=cosine), dense.argmax(-1))
+    metric = "cosine" if cosine else "euclidean"
+    torch.testing.assert_close(_backend(name).nearest(x, embed, metric=metric), dense.argmax(-1))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -62,7 +63,8 @@ def test_ema_update_matches_formula(name, cosine):
     codes_ref = avg_ref / smoothed.unsqueeze(-1)
     if cosine:
         codes_ref = F.normalize(codes_ref, dim=-1)
-    _backend(name).ema_update_(cluster_size, embed_avg, embed, counts, sums, decay=decay, eps=eps, cosine=cosine)
+    _backend(name).ema_update_(cluster_size, embed_avg, embed, counts, sums, decay=decay, eps=eps,
+                               metric="cosine" if cosine else "euclidean")
     torch.testing.assert_close(cluster_size, size_ref.float())
     torch.testing.assert_close(embed_avg, avg_ref.float())
     torch.testing.assert_close(embed, codes_ref.float())

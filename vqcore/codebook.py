@@ -167,13 +167,13 @@ class _EMACodebook:
     def apply_ema(self, counts, sums):
         """Move the EMA sizes and sums towards ``counts``/``sums`` and recompute the codes, in place."""
         ema.ema_update_(self.cluster_size, self.embed_avg, self.embed, counts, sums,
-                        decay=self.decay, eps=self.eps, cosine=self.metric == "cosine")
+                        decay=self.decay, eps=self.eps, metric=self.metric)
 
     def expire_codes(self, samples):
         """Re-seed dead codes from ``samples`` (the unmasked batch); returns the (c, k) mask of replaced codes."""
         return ema.expire_codes_(self.cluster_size, self.embed_avg, self.embed, samples,
                                  threshold=self.threshold_ema_dead_code, reset_cluster_size=self.reset_cluster_size,
-                                 rng=self.rng, cosine=self.metric == "cosine", comm=self.comm)
+                                 rng=self.rng, metric=self.metric, comm=self.comm)
 
     def update_statistics_(self, x, mask, *, training):
         """Running statistics kept besides the codes (none here)."""

@@ -104,23 +104,23 @@ def laplace_smoothing(counts, eps):
     return (counts + np.float32(eps)) / (total + np.float32(k * eps)) * total
 
 
-def ema_update_(cluster_size, embed_avg, embed, counts, sums, *, decay, eps, cosine=False):
+def ema_update_(cluster_size, embed_avg, embed, counts, sums, *, decay, eps, metric="euclidean"):
     """One EMA step of the codebook, in place.
 
     ``cluster_size`` and ``embed_avg`` move towards this batch's ``counts`` and
     ``sums`` by ``1 - decay``; ``embed`` becomes ``embed_avg`` over the
-    Laplace-smoothed sizes (unit-normalised for cosine codebooks).
+    Laplace-smoothed sizes (unit-normalised for ``metric="cosine"``).
     """
     _lerp_(cluster_size, counts, 1.0 - decay)
     _lerp_(embed_avg, sums, 1.0 - decay)
     smoothed = laplace_smoothing(cluster_size, eps)
     normalized = embed_avg / smoothed[..., None]
-    if cosine:
+    if metric == "cosine":
         normalized = l2_normalize(normalized)
     embed[...] = normalized
 
 
-def expire_codes_(cluster_size, embed_avg, embed, samples, *, threshold, reset_cluster_size, rng, cosine=False,
+def expire_codes_(cluster_size, embed_avg, embed, samples, *, threshold, reset_cluster_size, rng, metric="euclidean",
                   comm=None):
     """Replace codes whose EMA size fell below ``threshold`` by random batch vectors.
 
@@ -138,7 +138,7 @@ def expire_codes_(cluster_size, embed_avg, embed, samples, *, threshold, reset_c
         The size a replaced code restarts with (its ``embed_avg`` is the new
         vector times this).
     rng : numpy.random.Generator
-    cosine : bool
+    metric : {"euclidean", "cosine"}
         Normalise the replacement vectors.
     comm : Communicator, optional
         Draw the replacements across ranks (rank 0 decides how many come from
@@ -152,7 +152,7 @@ def expire_codes_(cluster_size, embed_avg, embed, samples, *, threshold, reset_c
     expired = cluster_size < threshold if threshold > 0 else np.zeros(cluster_size.shape, dtype=bool)
     if not expired.any():
         return expired
-    if cosine:
+    if metric == "cosine":
         samples = l2_normalize(samples)
     for h in range(expired.shape[0]):
         count = int(expired[h].sum())

@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backends import select_backend
+from .distributed import TorchDistComm
 from .gumbel import gumbel_select
+from .sampling import sample_vectors_distributed
 
 __all__ = ["EuclideanCodebook", "CosineSimCodebook"]
 
@@ -26,11 +28,6 @@ _AFFINE_LAZY = ("batch_mean", "batch_variance")
 def _kaiming_uniform(*shape):
     t = torch.empty(shape)
     nn.init.kaiming_uniform_(t)
-    return t
-
-
-def _all_reduce(t):
-    dist.all_reduce(t)
     return t
 
 
@@ -46,16 +43,16 @@ def gather_codes(embed, indices):
 
 
 class _Codebook(nn.Module):
-    cosine = False
+    metric = "euclidean"
 
     def __init__(self, dim, codebook_size, num_codebooks=1, *, kmeans_init=False, kmeans_iters=10,
                  sync_kmeans=True, decay=0.8, eps=1e-5, threshold_ema_dead_code=0, reset_cluster_size=None,
-                 use_ddp=False, learnable_codebook=False, sample_codebook_temp=1.0, stochastic=False,
+                 comm=None, learnable_codebook=False, sample_codebook_temp=1.0, stochastic=False,
                  straight_through=False, reinmax=False, ema_update=True, affine_param=False,
                  sync_affine_param=False, affine_param_batch_decay=0.99, affine_param_codebook_decay=0.9,
                  backend="auto"):
         super().__init__()
-        if use_ddp and num_codebooks > 1 and kmeans_init:
+        if comm is not None and num_codebooks > 1 and kmeans_init:
             raise ValueError(
                 "kmeans_init=True with several codebooks (separate_codebook_per_head) is not supported "
                 "with sync_codebook=True: pass sync_codebook=False or kmeans_init=False."
@@ -67,7 +64,7 @@ class _Codebook(nn.Module):
         self.eps = eps
         self.threshold_ema_dead_code = threshold_ema_dead_code
         self.reset_cluster_size = threshold_ema_dead_code if reset_cluster_size is None else reset_cluster_size
-        self.use_ddp = use_ddp
+        self.comm = comm  # a vqcore Communicator (TorchDistComm) when the codebook is synced, else None
         self.sync_kmeans = sync_kmeans
         self.learnable_codebook = learnable_codebook
         self.sample_codebook_temp = sample_codebook_temp
@@ -136,20 +133,22 @@ class _Codebook(nn.Module):
 
     def _reduce(self, t):
         """All-reduce ``t`` in place when syncing the codebook (the seed's ``all_reduce_fn``)."""
-        if self.use_ddp:
-            _all_reduce(t)
+        if self.comm is not None:
+            self.comm.allreduce_sum_(t)
         return t
 
+    @property
+    def _syncs_kmeans(self):
+        return self.comm is not None and self.sync_kmeans
+
     def _kmeans_hooks(self):
-        if not (self.use_ddp and self.sync_kmeans):
+        if not self._syncs_kmeans:
             return None, None
-        from .sampling import sample_vectors_distributed
-        return sample_vectors_distributed, _all_reduce
+        return (lambda samples, num: sample_vectors_distributed(samples, num, self.comm)), self._reduce
 
     def _sample_fn(self, backend):
-        if self.use_ddp and self.sync_kmeans:
-            from .sampling import sample_vectors_distributed
-            return lambda samples, num: sample_vectors_distributed(samples.unsqueeze(0), num)[0]
+        if self._syncs_kmeans:
+            return lambda samples, num: sample_vectors_distributed(samples.unsqueeze(0), num, self.comm)[0]
         return backend.sample_vectors
 
     # -- the non-differentiable steps ----------------------------------------------------------
@@ -162,11 +161,8 @@ class _Codebook(nn.Module):
         if mask is not None:
             data = flatten[mask].reshape(flatten.shape[0], -1, flatten.shape[-1])
         sample_fn, all_reduce = self._kmeans_hooks()
-        if sample_fn is not None:
-            # Distributed k-means runs in torch ops so the seed's sampling protocol is kept.
-            from .backend_torch import TorchBackend
-            backend = TorchBackend()
-        means, counts = backend.kmeans(data, self.codebook_size, iters=self.kmeans_iters, cosine=self.cosine,
+        backend = select_backend(self.backend, data, distributed_kmeans=sample_fn is not None)
+        means, counts = backend.kmeans(data, self.codebook_size, iters=self.kmeans_iters, metric=self.metric,
                                        sample_fn=sample_fn, all_reduce=all_reduce)
         self.embed.data.copy_(means)
         self.embed_avg.data.copy_(means * counts.unsqueeze(-1))
@@ -180,7 +176,7 @@ class _Codebook(nn.Module):
         expired = self.cluster_size < self.threshold_ema_dead_code
         if not expired.any():
             return
-        if self.cosine:
+        if self.metric == "cosine":
             samples = F.normalize(samples, dim=-1)
         sample_fn = self._sample_fn(backend)
         for i in range(self.num_codebooks):
@@ -215,19 +211,27 @@ class _Codebook(nn.Module):
         data = flatten
         if mask is not None:
             data = flatten[mask].reshape(flatten.shape[0], -1, flatten.shape[-1])
-        if self.sync_affine_param and dist.is_available() and dist.is_initialized():
-            mean, variance = self._global_batch_stats(data)
+        comm = self._affine_comm()
+        if comm is not None:
+            mean, variance = self._global_batch_stats(data, comm)
         else:
             mean, variance = backend.batch_stats(data)
         self._update_with_decay("batch_mean", mean, self.affine_param_batch_decay)
         self._update_with_decay("batch_variance", variance, self.affine_param_batch_decay)
 
-    def _global_batch_stats(self, data):
+    def _affine_comm(self):
+        """The communicator of ``sync_affine_param``: decided per call, as the seed checks the process group."""
+        if self.sync_affine_param and dist.is_available() and dist.is_initialized():
+            return TorchDistComm()
+        return None
+
+    @staticmethod
+    def _global_batch_stats(data, comm):
         # Sums are all-reduced first and divided after, as the seed's sync_affine_param does.
-        count = torch.tensor([data.shape[-2]], device=data.device, dtype=data.dtype)
-        _all_reduce(count)
-        mean = _all_reduce(data.sum(dim=1, keepdim=True)) / count
-        variance = _all_reduce((data - mean).pow(2).sum(dim=1, keepdim=True)) / count
+        reduce = comm.allreduce_sum_
+        count = reduce(torch.tensor([data.shape[-2]], device=data.device, dtype=data.dtype))
+        mean = reduce(data.sum(dim=1, keepdim=True)) / count
+        variance = reduce((data - mean).pow(2).sum(dim=1, keepdim=True)) / count
         return mean, variance
 
     # -- the forward ---------------------------------------------------------------------------
@@ -239,7 +243,7 @@ class _Codebook(nn.Module):
 
     def _distances(self, flatten, embed):
         """The seed's negative distances (c, n, k), differentiable."""
-        if self.cosine:
+        if self.metric == "cosine":
             return torch.bmm(flatten, embed.transpose(1, 2))
         x_sq = flatten.pow(2).sum(-1, keepdim=True)
         e_sq = embed.pow(2).sum(-1).unsqueeze(1)
@@ -285,7 +289,7 @@ class _Codebook(nn.Module):
                                           straight_through=self.straight_through, reinmax=self.reinmax,
                                           training=self.training)
         else:
-            indices = backend.nearest(flatten.detach(), embed.detach(), cosine=self.cosine)
+            indices = backend.nearest(flatten.detach(), embed.detach(), metric=self.metric)
 
         quantize = gather_codes(embed, indices)
         if soft is not None:
@@ -313,7 +317,7 @@ class _Codebook(nn.Module):
         self._reduce(counts)
         self._reduce(sums)
         backend.ema_update_(self.cluster_size.data, self.embed_avg.data, self.embed.data, counts, sums,
-                            decay=self.decay, eps=self.eps, cosine=self.cosine)
+                            decay=self.decay, eps=self.eps, metric=self.metric)
         # Replacements come from the whole batch, masked rows included (the seed's behaviour).
         self._expire_codes(flatten, backend)
 
@@ -321,13 +325,13 @@ class _Codebook(nn.Module):
 class EuclideanCodebook(_Codebook):
     """Codebook searched by euclidean distance (the seed's ``EuclideanCodebook``)."""
 
-    cosine = False
+    metric = "euclidean"
 
 
 class CosineSimCodebook(_Codebook):
     """Codebook of unit vectors searched by dot product (the seed's ``CosineSimCodebook``)."""
 
-    cosine = True
+    metric = "cosine"
 
     def __init__(self, *args, **kwargs):
         if kwargs.get("affine_param"):

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from .codebook import CosineSimCodebook, EuclideanCodebook
 from .config import VQConfig
+from .distributed import TorchDistComm, default_comm
 from .layout import HeadLayout
 from .losses import masked_mse, orthogonal_loss
 
@@ -55,8 +55,9 @@ class VectorQuantize(nn.Module):
         self.project_in = nn.Linear(dim, inner) if self.has_projections else nn.Identity()
         self.project_out = nn.Linear(inner, dim) if self.has_projections else nn.Identity()
 
-        if sync_codebook is None:
-            sync_codebook = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        # One communicator for the codebook's collectives: the seed's default syncs when a
+        # process group of more than one rank exists; sync_codebook=True insists on one.
+        comm = default_comm() if sync_codebook is None else (TorchDistComm() if sync_codebook else None)
         codebook_cls = CosineSimCodebook if use_cosine_sim else EuclideanCodebook
         extra = {}
         if affine_param:
@@ -66,7 +67,7 @@ class VectorQuantize(nn.Module):
         self._codebook = codebook_cls(
             dim=codebook_dim, codebook_size=codebook_size, num_codebooks=cfg.num_codebooks,
             kmeans_init=kmeans_init, kmeans_iters=kmeans_iters, sync_kmeans=sync_kmeans, decay=decay, eps=eps,
-            threshold_ema_dead_code=threshold_ema_dead_code, use_ddp=sync_codebook,
+            threshold_ema_dead_code=threshold_ema_dead_code, comm=comm,
             learnable_codebook=cfg.codebook_is_learnable, sample_codebook_temp=sample_codebook_temp,
             stochastic=stochastic_sample_codes, straight_through=straight_through, reinmax=reinmax,
             ema_update=ema_update, backend=backend, **extra)

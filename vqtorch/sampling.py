@@ -7,9 +7,8 @@ gathered in rank order, so all ranks end with the same rows.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
-from .backend_torch import _sample_rows
+from .backends.torch_ops import _sample_rows
 
 __all__ = ["sample_vectors_distributed"]
 
@@ -28,29 +27,26 @@ def _split_counts(total, probs):
     return out
 
 
-def sample_vectors_distributed(samples, num):
+def sample_vectors_distributed(samples, num, comm):
     """``num`` rows sampled from the union of every rank's ``samples`` of shape (1, n, d).
+
+    Parameters
+    ----------
+    samples : Tensor of shape (1, n, d)
+    num : int
+    comm : vqtorch.distributed.TorchDistComm
+        The process group the codebook is synchronised over.
 
     Returns
     -------
     Tensor of shape (1, num, d), identical on every rank.
     """
     local = samples[0]
-    world, rank = dist.get_world_size(), dist.get_rank()
-    size = torch.tensor([local.shape[0]], dtype=torch.long, device=local.device)
-    sizes = [torch.empty_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    sizes = torch.cat(sizes)
-    if rank == 0:
+    sizes = torch.tensor(comm.allgather_object(local.shape[0]), dtype=torch.long, device=local.device)
+    if comm.rank == 0:
         per_rank = _split_counts(num, sizes.double() / sizes.sum()).to(local.device)
     else:
         per_rank = torch.empty_like(sizes)
-    dist.broadcast(per_rank, src=0)
-    per_rank = per_rank.tolist()
-    mine = _sample_rows(local, per_rank[rank])
-    parts = []
-    for src, count in enumerate(per_rank):
-        part = mine if src == rank else local.new_empty(count, local.shape[-1])
-        dist.broadcast(part, src=src)
-        parts.append(part)
-    return torch.cat(parts).unsqueeze(0)
+    comm.bcast_(per_rank, root=0)
+    mine = _sample_rows(local, int(per_rank[comm.rank]))
+    return comm.allgatherv(mine).unsqueeze(0)  # every rank's picks, in rank order

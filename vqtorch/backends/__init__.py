@@ -1,60 +1,77 @@
-"""Backend selection.
+"""Where a codebook's non-differentiable work runs: the backend interface and the selection policy.
 
-A backend does the codebook's non-differentiable work on float32 tensors:
-
-* ``nearest(x (c,n,d), embed (c,k,d), *, cosine) -> (c, n) int64``
-* ``cluster_stats(x, indices, num_codes, mask=None) -> counts (c,k), sums (c,k,d)`` (local)
-* ``ema_update_(cluster_size, embed_avg, embed, counts, sums, *, decay, eps, cosine)`` (in place)
-* ``kmeans(samples, num_clusters, *, iters, cosine, sample_fn=None, all_reduce=None) -> means, counts``
-* ``sample_vectors(samples (n,d), num) -> (num, d)``
-* ``batch_stats(data (c,n,d)) -> mean (c,1,d), variance (c,1,d)``
-
-``"torch"`` (:class:`~vqtorch.backend_torch.TorchBackend`) runs on any device;
-``"vqcore"`` (:class:`~vqtorch.backend_vqcore.VqcoreBackend`) calls vqcore's
-numpy kernels on CPU tensors; ``"auto"`` takes vqcore for CPU tensors when it
-is importable and torch otherwise.
+``"torch"`` (:class:`~vqtorch.backends.torch_ops.TorchBackend`) runs torch ops on
+any device (the CUDA path); ``"vqcore"`` (:class:`~vqtorch.backends.vqcore_kernels.VqcoreBackend`)
+runs vqcore's numpy kernels on zero-copy views of CPU tensors; ``"auto"`` takes
+vqcore for CPU tensors and torch elsewhere.  :func:`select_backend` holds the
+whole policy, including the one exception: k-means synchronised over
+``torch.distributed`` runs in torch ops, which keep the seed's sampling protocol.
 """
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Protocol
 
-from .backend_torch import TorchBackend
+from .torch_ops import TorchBackend
 
-__all__ = ["select_backend", "vqcore_available"]
+__all__ = ["Backend", "select_backend"]
+
+
+class Backend(Protocol):
+    """The codebook kernels every backend provides (float32 tensors; ``metric`` is "euclidean" or "cosine")."""
+
+    name: str
+
+    def nearest(self, x, embed, *, metric):
+        """Index of the nearest code: x (c, n, d), embed (c, k, d) -> (c, n) int64."""
+
+    def cluster_stats(self, x, indices, num_codes, mask=None):
+        """This process's counts (c, k) and sums (c, k, d) per code."""
+
+    def ema_update_(self, cluster_size, embed_avg, embed, counts, sums, *, decay, eps, metric):
+        """One EMA step of the codebook, in place."""
+
+    def kmeans(self, samples, num_clusters, *, iters, metric, sample_fn=None, all_reduce=None):
+        """The seed's k-means on (c, n, d): ``(means (c, k, d), counts (c, k))``."""
+
+    def sample_vectors(self, samples, num):
+        """``num`` rows of ``samples`` (n, d), drawn as the seed draws them."""
+
+    def batch_stats(self, data):
+        """Mean and biased variance over rows: (c, n, d) -> two (c, 1, d) tensors."""
+
 
 _TORCH = TorchBackend()
 
 
 @lru_cache(maxsize=1)
-def vqcore_available() -> bool:
-    """True when vqcore's codebook kernels (``nearest``, ``kmeans``, ``ema``) can be imported."""
-    try:
-        import vqcore
-    except ImportError:
-        return False
-    return all(hasattr(vqcore, name) for name in ("nearest", "kmeans", "ema"))
-
-
-@lru_cache(maxsize=1)
 def _vqcore_backend():
-    from .backend_vqcore import VqcoreBackend
+    from .vqcore_kernels import VqcoreBackend
+
     return VqcoreBackend()
 
 
-def select_backend(name, tensor):
-    """The backend object for ``name`` ("auto", "vqcore" or "torch") and a tensor's device."""
-    if name == "torch":
-        return _TORCH
+def select_backend(name, tensor, *, distributed_kmeans=False) -> Backend:
+    """The backend for ``name`` ("auto", "vqcore" or "torch") and the device of ``tensor``.
+
+    Parameters
+    ----------
+    name : {"auto", "vqcore", "torch"}
+    tensor : torch.Tensor
+        Where the data lives.
+    distributed_kmeans : bool
+        The step is k-means synchronised over ``torch.distributed``: it runs in
+        torch ops on every setting, since only they keep the seed's sampling.
+
+    Raises
+    ------
+    ValueError
+        ``"vqcore"`` for a tensor that is not on the CPU.
+    """
     on_cpu = tensor.device.type == "cpu"
-    if name == "vqcore":
-        if not on_cpu:
-            raise ValueError(
-                f"backend='vqcore' runs on CPU tensors, got a tensor on {tensor.device}: "
-                "use backend='torch' or 'auto' for other devices."
-            )
-        if not vqcore_available():
-            raise ValueError("backend='vqcore' needs vqcore's kernels, which are not importable: use backend='torch'.")
-        return _vqcore_backend()
-    if on_cpu and vqcore_available():
-        return _vqcore_backend()
-    return _TORCH
+    if name == "vqcore" and not on_cpu:
+        raise ValueError(f"backend='vqcore' runs on CPU tensors, got a tensor on {tensor.device}: "
+                         "use backend='torch' or 'auto' for other devices.")
+    if name == "torch" or distributed_kmeans or not on_cpu:
+        return _TORCH
+    return _vqcore_backend()

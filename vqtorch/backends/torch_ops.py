@@ -46,15 +46,15 @@ class TorchBackend:
         self.block_elements = block_elements
 
     @torch.no_grad()
-    def nearest(self, x, embed, *, cosine):
+    def nearest(self, x, embed, *, metric):
         """Index of the closest code for every row.
 
         Parameters
         ----------
         x : Tensor of shape (c, n, d), float32
         embed : Tensor of shape (c, k, d), float32
-        cosine : bool
-            Largest dot product when True, smallest euclidean distance otherwise.
+        metric : {"euclidean", "cosine"}
+            Smallest euclidean distance, or largest dot product.
 
         Returns
         -------
@@ -65,13 +65,13 @@ class TorchBackend:
         out = torch.empty(c, n, dtype=torch.long, device=x.device)
         rows = max(1, self.block_elements // max(k * c, 1))
         embed_t = embed.transpose(1, 2)
-        if not cosine:
+        if metric != "cosine":
             # The seed's ||x||^2 + ||e||^2 - 2 x.e, kept whole so near-ties break as there.
             x_sq = x.pow(2).sum(-1, keepdim=True)
             e_sq = embed.pow(2).sum(-1).unsqueeze(1)
         for start in range(0, n, rows):
             block = x[:, start:start + rows]
-            if cosine:
+            if metric == "cosine":
                 out[:, start:start + rows] = torch.bmm(block, embed_t).argmax(-1)
             else:
                 base = x_sq[:, start:start + rows] + e_sq
@@ -105,7 +105,7 @@ class TorchBackend:
         return counts, sums.view(c, num_codes, d)
 
     @torch.no_grad()
-    def ema_update_(self, cluster_size, embed_avg, embed, counts, sums, *, decay, eps, cosine):
+    def ema_update_(self, cluster_size, embed_avg, embed, counts, sums, *, decay, eps, metric):
         """EMA of counts and sums, Laplace smoothing, new codes; all in place."""
         cluster_size.lerp_(counts, 1 - decay)
         embed_avg.lerp_(sums, 1 - decay)
@@ -113,7 +113,7 @@ class TorchBackend:
         total = cluster_size.sum(dim=-1, keepdim=True)
         smoothed = (cluster_size + eps) / (total + num_codes * eps) * total
         codes = embed_avg / smoothed.unsqueeze(-1)
-        if cosine:
+        if metric == "cosine":
             # The seed normalises twice; the second pass moves the last bit, so keep it.
             codes = F.normalize(F.normalize(codes, dim=-1), dim=-1)
         embed.copy_(codes)
@@ -123,7 +123,7 @@ class TorchBackend:
         return _sample_rows(samples, num)
 
     @torch.no_grad()
-    def kmeans(self, samples, num_clusters, *, iters, cosine, sample_fn=None, all_reduce=None):
+    def kmeans(self, samples, num_clusters, *, iters, metric, sample_fn=None, all_reduce=None):
         """The seed's k-means: seeded from the data, empty clusters keep their old mean.
 
         Parameters
@@ -131,7 +131,7 @@ class TorchBackend:
         samples : Tensor of shape (c, n, d)
         num_clusters : int
         iters : int
-        cosine : bool
+        metric : {"euclidean", "cosine"}
         sample_fn : callable, optional
             ``sample_fn(samples (c, n, d), num) -> (c, num, d)``; per-codebook local sampling by default.
         all_reduce : callable, optional
@@ -149,7 +149,7 @@ class TorchBackend:
         c, _, d = samples.shape
         bins = torch.zeros(c, num_clusters, dtype=torch.long, device=samples.device)
         for _ in range(iters):
-            buckets = self.nearest(samples, means, cosine=cosine)
+            buckets = self.nearest(samples, means, metric=metric)
             bins = torch.zeros_like(bins).scatter_add_(1, buckets, torch.ones_like(buckets))
             if all_reduce is not None:
                 all_reduce(bins)
@@ -159,7 +159,7 @@ class TorchBackend:
             new_means = new_means / bins.masked_fill(empty, 1).unsqueeze(-1)
             if all_reduce is not None:
                 all_reduce(new_means)
-            if cosine:
+            if metric == "cosine":
                 new_means = F.normalize(new_means, dim=-1)
             means = torch.where(empty.unsqueeze(-1), means, new_means)
         return means, bins

@@ -1,7 +1,7 @@
 """The CPU backend: vqcore's numpy kernels on zero-copy ``.numpy()`` views of CPU tensors.
 
 The few random draws (k-means seeds, dead-code replacement rows) are row indices drawn
-with torch in the seed's order (:func:`vqtorch.backend_torch._sample_rows`), and the numpy
+with torch in the seed's order (:func:`vqtorch.backends.torch_ops._sample_rows`), and the numpy
 kernels receive the chosen rows; so with the same ``torch.manual_seed`` this backend follows
 the seed (and the torch backend) draw for draw.
 """
@@ -12,7 +12,7 @@ import torch
 
 import vqcore
 
-from .backend_torch import _sample_rows
+from .torch_ops import _sample_rows
 
 __all__ = ["VqcoreBackend"]
 
@@ -22,19 +22,15 @@ def _np(t):
     return t.detach().contiguous().numpy()
 
 
-def _metric(cosine):
-    return "cosine" if cosine else "euclidean"
-
-
 class VqcoreBackend:
     """Codebook kernels from vqcore for CPU tensors (see :mod:`vqtorch.backends` for the interface)."""
 
     name = "vqcore"
 
     @torch.no_grad()
-    def nearest(self, x, embed, *, cosine):
+    def nearest(self, x, embed, *, metric):
         """Index of the closest code per row: x (c, n, d), embed (c, k, d) -> (c, n) int64."""
-        return torch.from_numpy(vqcore.nearest(_np(x), _np(embed), metric=_metric(cosine)))
+        return torch.from_numpy(vqcore.nearest(_np(x), _np(embed), metric=metric))
 
     @torch.no_grad()
     def cluster_stats(self, x, indices, num_codes, mask=None):
@@ -45,24 +41,24 @@ class VqcoreBackend:
             torch.from_numpy(np.ascontiguousarray(sums, dtype=np.float32))
 
     @torch.no_grad()
-    def ema_update_(self, cluster_size, embed_avg, embed, counts, sums, *, decay, eps, cosine):
+    def ema_update_(self, cluster_size, embed_avg, embed, counts, sums, *, decay, eps, metric):
         """EMA of counts and sums, Laplace smoothing and new codes, written into the tensors' memory."""
         vqcore.ema.ema_update_(cluster_size.numpy(), embed_avg.numpy(), embed.numpy(), _np(counts), _np(sums),
-                               decay=decay, eps=eps, cosine=cosine)
+                               decay=decay, eps=eps, metric=metric)
 
     def sample_vectors(self, samples, num):
         """``num`` rows drawn from ``samples`` (n, d), with the seed's torch draws."""
         return _sample_rows(samples, num)
 
     @torch.no_grad()
-    def kmeans(self, samples, num_clusters, *, iters, cosine, sample_fn=None, all_reduce=None):
+    def kmeans(self, samples, num_clusters, *, iters, metric, sample_fn=None, all_reduce=None):
         """vqcore's k-means with the seed's semantics; distributed runs use the torch backend instead."""
         if sample_fn is not None or all_reduce is not None:
             raise ValueError("the vqcore backend runs k-means on one process; distributed k-means uses the torch "
                              "backend")
         # Initial means drawn by torch, one codebook set after the other, as the seed seeds k-means.
         init = torch.stack([_sample_rows(part, num_clusters) for part in samples.unbind(0)])
-        means, counts = vqcore.kmeans(_np(samples), num_clusters, iters=iters, metric=_metric(cosine),
+        means, counts = vqcore.kmeans(_np(samples), num_clusters, iters=iters, metric=metric,
                                       init=_np(init))
         return torch.from_numpy(np.ascontiguousarray(means)), torch.from_numpy(counts)
 
