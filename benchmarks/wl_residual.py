@@ -186,12 +186,12 @@ def _curve(models, train, test, k, stages, common, quick):
     for method, points in curve.items():
         case.notes.append(f"{method}: " + ", ".join(f"{b} bits {v:.4f}" for b, v in sorted(points.items())))
     case.params["curve"] = {method: {str(b): v for b, v in points.items()} for method, points in curve.items()}
-    _plot(curve)
+    _plot(curve, quick)
     return case
 
 
-def _plot(curve):
-    """Save the curve as results/residual_mse_bits.png when matplotlib is installed."""
+def _plot(curve, quick):
+    """Save the curve as results/residual_mse_bits.png (``_quick`` in quick mode) when matplotlib is installed."""
     try:
         import matplotlib
 
@@ -213,7 +213,7 @@ def _plot(curve):
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
     figure.tight_layout()
-    figure.savefig(out / "residual_mse_bits.png", dpi=100)
+    figure.savefig(out / f"residual_mse_bits{'_quick' if quick else ''}.png", dpi=100)
     plt.close(figure)
 
 
