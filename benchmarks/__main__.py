@@ -13,13 +13,15 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import wl_kmeans, wl_memory, wl_nearest, wl_quantizer, wl_startup, wl_vqtorch
+from . import (wl_fsq_lfq, wl_kmeans, wl_memory, wl_nearest, wl_quantizer, wl_residual, wl_residual_torch,
+               wl_startup, wl_vqtorch)
 from .core import Case, Config
 from .environment import apply_threads, describe, load_average
 from .report import record, table, write
 
 #: Workloads in the order they run; ``--only`` picks among their names.
-WORKLOADS = {module.NAME: module for module in (wl_nearest, wl_memory, wl_kmeans, wl_startup, wl_quantizer, wl_vqtorch)}
+WORKLOADS = {module.NAME: module for module in (wl_nearest, wl_memory, wl_kmeans, wl_startup, wl_quantizer,
+                                                wl_vqtorch, wl_residual, wl_residual_torch, wl_fsq_lfq)}
 
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -144,12 +144,14 @@ RANDOM_CASES = [
 ]
 
 
+@pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("name,kwargs", RANDOM_CASES, ids=[c[0] for c in RANDOM_CASES])
-def test_random_features_match_seed_draw_for_draw(name, kwargs):
-    ref, ours = make_pair("torch", dim=DIM, codebook_size=K, **kwargs)
+def test_random_features_match_seed_draw_for_draw(name, kwargs, backend):
+    ref, ours = make_pair(backend, dim=DIM, codebook_size=K, **kwargs)
     run_pair(ref, ours, _inputs("bnd"), train=True, lr=0.2, rng_seed=100)
 
 
-def test_kmeans_init_with_mask_matches_seed():
-    ref, ours = make_pair("torch", dim=DIM, codebook_size=8, kmeans_init=True)
+@pytest.mark.parametrize("backend", backends())
+def test_kmeans_init_with_mask_matches_seed(backend):
+    ref, ours = make_pair(backend, dim=DIM, codebook_size=8, kmeans_init=True)
     run_pair(ref, ours, _inputs("bnd", steps=2), train=True, fwd_kwargs={"mask": _mask()}, rng_seed=5)
