@@ -96,3 +96,12 @@ def allowed_errors():
     """A block that may raise ValueError/TypeError only (anything else fails the test)."""
     with contextlib.suppress(*ALLOWED):
         yield
+
+
+def beyond_float32_variance(x):
+    """Rows whose squares leave the float32 range (|x| > 1e18)."""
+    try:
+        values = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return values.size > 0 and np.nanmax(np.abs(values), initial=0) > 1e18

@@ -27,7 +27,7 @@ def test_empty_serial_batch_is_refused_by_stacks(kind):
 @pytest.mark.xfail(strict=True, reason="bug: affine batch variance is computed in float64 and cast to float32 "
                    "without a range check (vqcore/ema.py batch_stats): rows near 1e20 give batch_variance=inf, "
                    "the search then refuses the moved rows ('x contains NaN or Inf') after the affine statistics "
-                   "changed")
+                   "changed; vqtorch ResidualVQ(affine_param=True) in eval likewise raises after creating batch_mean/batch_variance")
 def test_affine_statistics_beyond_float32_leave_the_state_alone():
     x = np.array([[1.3e19, -1.3e19, 6.4e19, 1.0e19], [-5.4e19, 3.6e19, 1.3e20, 9.5e19]], np.float32)
     vq = vqcore.VectorQuantizer(DIM, 8, affine_param=True, seed=0)
@@ -35,3 +35,50 @@ def test_affine_statistics_beyond_float32_leave_the_state_alone():
         warnings.simplefilter("ignore")
         call_checked(vq, "partial_fit", x)
     assert_finite_state(vq)
+
+
+@pytest.mark.xfail(strict=True, reason="bug: the FSQ/LFQ numpy twins (vqcore/fsq.py check_features, used by "
+                   "vqcore/lfq.py) accept NaN input and return a code for it (FSQ 100, LFQ 0) instead of a "
+                   "ValueError; with a projection, Inf input becomes NaN in project_in and gets an arbitrary code")
+@pytest.mark.parametrize("make", ["fsq", "lfq"])
+def test_fsq_lfq_refuse_nan_input(make):
+    from vqcore.fsq import FSQ
+    from vqcore.lfq import LFQ
+
+    q = FSQ([8, 5, 5], dim=DIM, seed=0) if make == "fsq" else LFQ(dim=DIM, codebook_size=16, seed=0)
+    x = np.zeros((2, DIM), np.float32)
+    x[1, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        q.encode(x)
+
+
+@pytest.mark.xfail(strict=True, reason="bug: vqtorch VectorQuantize/ResidualVQ training on an empty batch "
+                   "(shape (1, 0, dim), both backends) makes _codebook.embed NaN (0/0 after the EMA with no rows) "
+                   "and returns a NaN loss; the seed does the same, but vqcore refuses an empty serial batch "
+                   "up front and vqtorch should too (or leave the codebook as it is)")
+@pytest.mark.parametrize("kind", ["vq-vqcore", "vq-torch", "residual"])
+def test_torch_training_on_an_empty_batch_keeps_the_codebook_finite(kind):
+    torch = pytest.importorskip("torch")
+    import vqtorch
+
+    layer = (vqtorch.ResidualVQ(dim=DIM, num_quantizers=2, codebook_size=8) if kind == "residual"
+             else vqtorch.VectorQuantize(DIM, 8, backend=kind.split("-")[1]))
+    layer.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        call_checked(layer, "__call__", torch.zeros(1, 0, DIM))
+    assert_finite_state(layer)
+
+
+@pytest.mark.xfail(strict=True, reason="bug: vqtorch eval on an empty batch with kmeans_init=True on a fresh layer "
+                   "raises RuntimeError ('random_ expects from < to') from the k-means row sampling "
+                   "(vqtorch/backends torch_ops._sample_rows) instead of a ValueError")
+@pytest.mark.parametrize("kind", ["vq", "residual"])
+def test_torch_eval_kmeans_on_an_empty_batch_raises_value_error(kind):
+    torch = pytest.importorskip("torch")
+    import vqtorch
+
+    layer = (vqtorch.ResidualVQ(dim=DIM, num_quantizers=2, codebook_size=8, kmeans_init=True) if kind == "residual"
+             else vqtorch.VectorQuantize(DIM, 8, kmeans_init=True))
+    layer.eval()
+    call_checked(layer, "__call__", torch.zeros(1, 0, DIM))

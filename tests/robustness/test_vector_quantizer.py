@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import vqcore
 
-from .helpers import ALLOWED, assert_finite_state, assert_same_state, call_checked, count_case, snapshot
+from .helpers import ALLOWED, beyond_float32_variance, assert_finite_state, assert_same_state, call_checked, count_case, snapshot
 from .strategies import DIM, arrays, codes_for, options
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
@@ -27,15 +27,6 @@ def build(opts, seed=0):
             return vqcore.VectorQuantizer(DIM, 8, seed=seed, **opts)
     except ALLOWED:
         return None
-
-
-def beyond_float32_variance(x):
-    """Rows whose squares leave the float32 range (|x| > 1e18)."""
-    try:
-        values = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError):
-        return False
-    return values.size > 0 and np.nanmax(np.abs(values), initial=0) > 1e18
 
 
 def run_sequence(data, vq, steps):
