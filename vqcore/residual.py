@@ -37,6 +37,8 @@ CODEBOOK_DEFAULTS = {f.name: f.default for f in fields(VQOptions) if f.name in C
 MAX_POINTS_PER_CLUSTER = 256
 #: Seeding draws from 16 rows per code: greedy k-means++ on all rows would cost more than Lloyd.
 INIT_POINTS_PER_CLUSTER = 16
+#: Codes per block of the beam search's candidate scan (one vector minimum per block).
+SCAN_BLOCK = 16
 #: Rows encoded at once by the beam search (bounds its (rows, beam, codes) scores).
 BEAM_CHUNK_ROWS = 2048
 
@@ -265,10 +267,17 @@ def _beam_step(x_dot, cross, codes, error, c_sq, residual, codebook, scratch_dot
                 earlier = cross[s, codes[row, j, s]]
                 for c in range(k):
                     dots[c] += two * earlier[c]
-            # one scalar scan; after the buffer fills almost every code fails the first comparison
-            for c in range(k):
-                if count < keep or dots[c] < values[keep - 1]:
-                    count = _insert(values, picks, count, dots[c], j * k + c)
+            # scan blocks of codes: a vectorised block minimum skips most blocks once the buffer is full
+            for c0 in range(0, k, SCAN_BLOCK):
+                c1 = min(c0 + SCAN_BLOCK, k)
+                low = dots[c0]
+                for c in range(c0 + 1, c1):
+                    low = min(low, dots[c])
+                if count == keep and low >= values[keep - 1]:
+                    continue
+                for c in range(c0, c1):
+                    if count < keep or dots[c] < values[keep - 1]:
+                        count = _insert(values, picks, count, dots[c], j * k + c)
         # exact float64 scores of the kept extensions; the best ``width`` survive, in order
         for m in range(count):
             j, c = picks[m] // k, picks[m] % k
