@@ -7,7 +7,6 @@ runs one batched k-means over the subspace axis, or the seed's EMA step.
 from __future__ import annotations
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from . import _validate
 from .cluster import kmeans
@@ -15,8 +14,8 @@ from .codebook import EuclideanCodebook
 from .comm import check_same, resolve_comm
 from .io import register
 from .residual import (
-    INIT_POINTS_PER_CLUSTER, MAX_POINTS_PER_CLUSTER, as_rows, batches, check_codes, check_fit_method, code_dtype, codebook_options,
-    load_kmeans_result, usage_summary,
+    INIT_POINTS_PER_CLUSTER, MAX_POINTS_PER_CLUSTER, as_rows, check_codes, check_fit_args, code_dtype,
+    codebook_options, fit_ema, load_kmeans_result, usage_summary,
 )
 from .search import nearest_unchecked
 from .state import check_state, read_npz, to_numpy, write_npz
@@ -122,19 +121,10 @@ class ProductQuantizer:
         -------
         self
         """
-        init = check_fit_method(method, init)
-        iters = _validate.positive_int("iters", iters, minimum=0)
-        batch_size = _validate.positive_int("batch_size", batch_size)
-        epochs = _validate.positive_int("epochs", epochs)
-        if max_points_per_cluster is not None:
-            max_points_per_cluster = _validate.positive_int("max_points_per_cluster", max_points_per_cluster)
+        init, iters, batch_size, epochs, max_points_per_cluster = check_fit_args(
+            method, init, iters, batch_size, epochs, max_points_per_cluster)
         if method == "ema":
-            for _ in range(epochs):
-                with tqdm(batches(x, batch_size, shuffle, self.rng), disable=not progress, unit="batch",
-                          leave=False) as bar:
-                    for batch in bar:
-                        self.partial_fit(batch)
-            return self
+            return fit_ema(self, x, batch_size, epochs, shuffle, progress)
         rows, _ = as_rows(x, self.dim)
         self._check_distributed()
         means, counts = kmeans(self._split(rows), self.codebook_size, iters=iters, init=init, seed=self.rng,

@@ -114,17 +114,31 @@ def load_kmeans_result(codebook, index, means, counts):
     codebook.initted[...] = 1.0
 
 
-def check_fit_method(method, init):
-    """Validate ``fit``'s ``method`` and ``init`` names; return the :func:`vqcore.kmeans` init.
+def check_fit_args(method, init, iters, batch_size, epochs, max_points_per_cluster):
+    """Validate the arguments ``fit`` shares between quantizers; return them checked.
 
-    ``"random"`` becomes kmeans' ``"rows"``: random rows drawn by global row
-    index, so a distributed fit equals one process on the concatenation.
+    ``init="random"`` becomes kmeans' ``"rows"``: random rows drawn by global
+    row index, so a distributed fit equals one process on the concatenation.
     """
     if method not in ("kmeans", "ema"):
         raise ValueError(f"method={method!r} is not supported; use 'kmeans' or 'ema'")
     if init not in ("random", "k-means++", "k-means||"):
         raise ValueError(f"init={init!r} is not supported; use 'random', 'k-means++' or 'k-means||'")
-    return "rows" if init == "random" else init
+    if max_points_per_cluster is not None:
+        max_points_per_cluster = _validate.positive_int("max_points_per_cluster", max_points_per_cluster)
+    return ("rows" if init == "random" else init, _validate.positive_int("iters", iters, minimum=0),
+            _validate.positive_int("batch_size", batch_size), _validate.positive_int("epochs", epochs),
+            max_points_per_cluster)
+
+
+def fit_ema(quantizer, x, batch_size, epochs, shuffle, progress):
+    """``epochs`` passes of ``quantizer.partial_fit`` over batches of ``x`` (an array or an iterable)."""
+    for _ in range(epochs):
+        with tqdm(batches(x, batch_size, shuffle, quantizer.rng), disable=not progress, unit="batch",
+                  leave=False) as bar:
+            for batch in bar:
+                quantizer.partial_fit(batch)
+    return quantizer
 
 
 # -- beam search ------------------------------------------------------------------------
@@ -494,24 +508,15 @@ class ResidualQuantizer:
         -------
         self
         """
-        init = check_fit_method(method, init)
-        iters = _validate.positive_int("iters", iters, minimum=0)
+        init, iters, batch_size, epochs, max_points_per_cluster = check_fit_args(
+            method, init, iters, batch_size, epochs, max_points_per_cluster)
         refine = _validate.positive_int("refine", refine, minimum=0)
         beam = self.beam_size if beam_size is None else _validate.positive_int("beam_size", beam_size)
         if beam > 1 and self.use_cosine_sim:
             raise ValueError("beam_size > 1 needs euclidean codebooks; use beam_size=1 with use_cosine_sim=True")
-        batch_size = _validate.positive_int("batch_size", batch_size)
-        epochs = _validate.positive_int("epochs", epochs)
-        if max_points_per_cluster is not None:
-            max_points_per_cluster = _validate.positive_int("max_points_per_cluster", max_points_per_cluster)
         if method == "ema":
             self._warn_if_untrained_projections()
-            for _ in range(epochs):
-                with tqdm(batches(x, batch_size, shuffle, self.rng), disable=not progress, unit="batch",
-                          leave=False) as bar:
-                    for batch in bar:
-                        self.partial_fit(batch)
-            return self
+            return fit_ema(self, x, batch_size, epochs, shuffle, progress)
         if self.shared_codebook:
             raise ValueError("shared_codebook=True trains with method='ema' only (one codebook cannot be "
                              "fitted stage by stage); pass method='ema'")
