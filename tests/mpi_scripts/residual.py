@@ -35,6 +35,15 @@ x = (centers[rng.integers(0, 6, TOTAL)] + rng.standard_normal((TOTAL, DIM))).ast
 mine = my_shard(x, ROWS, rank)
 fit = dict(iters=4, progress=False, max_points_per_cluster=40)
 
+# kmeans itself: k-means||, restarts, subsampling and seeding from a subset, batched sets
+for data in (x, np.stack([x, x[::-1] * 0.5])):
+    options = dict(iters=3, n_init=2, max_points_per_cluster=50, init_size=60, seed=4)
+    serial_means, serial_counts = vqcore.kmeans(data, 6, init="k-means||", **options)
+    means, counts = vqcore.kmeans(my_shard(data, ROWS, rank, axis=-2), 6, init=INIT, comm=comm, **options)
+    np.testing.assert_allclose(means, serial_means, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(counts, serial_counts)
+    assert same_on_all_ranks({"means": means})
+
 # RQ-KMeans, plain, grouped and trained with a beam
 for groups, beam in ((1, 1), (2, 1), (1, 3)):
     options = dict(groups=groups, beam_size=beam, seed=0)
