@@ -297,3 +297,20 @@ def test_beam_training_refines_from_beam_codes():
     x = clustered(900, 6, seed=7)
     rq = vqcore.ResidualQuantizer(6, 8, 3, beam_size=2, seed=0).fit(x, iters=4, refine=1, progress=False)
     assert rq.score(x)["mse"] < rq.score(x, beam_size=1)["mse"] * 1.01
+
+
+def test_state_of_vqtorch_residual_vq_loads_and_quantizes_alike():
+    torch = pytest.importorskip("torch")
+    vqtorch = pytest.importorskip("vqtorch")
+    if not hasattr(vqtorch, "ResidualVQ"):
+        pytest.skip("vqtorch.ResidualVQ not available")
+    torch.manual_seed(1)
+    layer = vqtorch.ResidualVQ(dim=8, num_quantizers=3, codebook_size=16).eval()
+    ours = vqcore.ResidualQuantizer(8, 16, 3).load_state_dict(layer.state_dict())
+    x = np.random.default_rng(2).standard_normal((1, 20, 8)).astype(np.float32)
+    with torch.no_grad():
+        quantized, indices, _ = layer(torch.from_numpy(x))
+    vectors, codes = ours.quantize(x)
+    np.testing.assert_array_equal(codes, indices.numpy())
+    np.testing.assert_allclose(vectors, quantized.numpy(), rtol=1e-6, atol=1e-6)
+    assert set(ours.state_dict()) == set(layer.state_dict())
