@@ -253,6 +253,14 @@ def test_bad_input_changes_nothing():
     assert all(np.array_equal(before[key], after[key]) for key in before)
 
 
+def test_encode_refuses_codebooks_waiting_for_kmeans_init():
+    rq = vqcore.ResidualQuantizer(4, 4, 2, kmeans_init=True, seed=0)
+    with pytest.raises(ValueError, match="not been trained"):
+        rq.encode(np.ones((3, 4), np.float32))
+    rq.partial_fit(clustered(50, 4))
+    assert rq.encode(np.ones((3, 4), np.float32)).shape == (3, 2)
+
+
 def test_shared_codebook_trains_with_ema_only():
     with pytest.raises(ValueError, match="method='ema'"):
         vqcore.ResidualQuantizer(4, 4, 2, shared_codebook=True).fit(np.zeros((10, 4), np.float32), progress=False)

@@ -642,6 +642,9 @@ class ResidualQuantizer:
         if beam > 1 and self.use_cosine_sim:
             raise ValueError("beam_size > 1 needs euclidean codebooks; use beam_size=1 with use_cosine_sim=True")
         rows, lead = as_rows(x, self.dim)
+        if not all(stage.ready_for_inference() for group in self._stages for stage in group):
+            raise ValueError("the quantizer has not been trained (kmeans_init=True codebooks start empty): "
+                             "call fit or partial_fit first")
         codes = np.empty((rows.shape[0], self.groups, self.num_quantizers), dtype=np.int64)
         for g, z in enumerate(self._group_inputs(rows)):
             embeds = self._embeds(g)
