@@ -34,13 +34,15 @@ def _row_line(row: Row, width: int) -> str:
     return f"  {row.impl:<{width}} {row.status.upper():>11}   {row.note}"
 
 
-def _target_line(target: Target, width: int) -> str:
+def _target_line(target: Target, width: int, quick: bool) -> str:
     unit = target.unit
     value = "-" if target.value is None else f"{target.value:.3f}{unit}"
     limit = "(info)" if target.limit is None else f"<= {target.limit:g}{unit}"
     verdict = {True: "PASS", False: "FAIL", None: "-"}[target.passed]
     if target.value is None:
         verdict = "n/a"
+    elif quick and target.limit is not None:
+        verdict = "(not judged)"
     line = f"  -> {target.label():<{width}} {value:>10}  {limit:<12} {verdict}"
     return f"{line}  {target.note}" if target.note else line
 
@@ -49,21 +51,24 @@ def table(cases: list[Case], quick: bool) -> str:
     """The run as text: one block per case, implementations then targets."""
     lines = []
     if quick:
-        lines.append("QUICK MODE: tiny sizes, ratios are not comparable with the targets.")
+        lines.append("QUICK MODE: tiny sizes; ratios are not comparable with the targets, so none is judged.")
+    lines.append("vqp 1.14.5 = vector-quantize-pytorch 1.14.5, the library vqtorch replaces; a peer that cannot "
+                 "be imported is skipped and its rows say so.")
     for case in cases:
         lines.append("")
         lines.append(f"[{case.workload}] {case.case}")
         width = max([24, *(len(row.impl) for row in case.rows)])
         lines.extend(_row_line(row, width) for row in case.rows)
         width = max([24, *(len(target.label()) for target in case.targets)])
-        lines.extend(_target_line(target, width) for target in case.targets)
+        lines.extend(_target_line(target, width, quick) for target in case.targets)
         lines.extend(f"  note: {note}" for note in case.notes)
     verdicts = [t.passed for case in cases for t in case.targets if t.limit is not None]
     lines.append("")
-    lines.append(
-        f"targets: {verdicts.count(True)} PASS, {verdicts.count(False)} FAIL, "
-        f"{verdicts.count(None)} not measured"
-    )
+    if quick:
+        lines.append(f"targets: {len(verdicts)} not judged in quick mode")
+    else:
+        lines.append(f"targets: {verdicts.count(True)} PASS, {verdicts.count(False)} FAIL, "
+                     f"{verdicts.count(None)} not measured")
     return "\n".join(lines)
 
 

@@ -28,12 +28,12 @@ def run(config: Config) -> list[Case]:
         Impl("vqcore", lambda: _vqcore(x, init, iters), score),
         Impl("sklearn KMeans lloyd", lambda: _sklearn(x, init, iters), score, "tol=0, n_init=1"),
         Impl("faiss Kmeans", lambda: _faiss(x, init, iters), score),
-        Impl("seed kmeans", lambda: _seed(x, k, iters), score, "samples its own init"),
+        Impl("vqp 1.14.5 kmeans", lambda: _seed(x, k, iters), score, "samples its own init"),
     ]
     targets = [
         Target("vqcore", "sklearn KMeans lloyd", 1.0),
         Target("vqcore", "faiss Kmeans", 0.8),
-        Target("vqcore", "seed kmeans", None),
+        Target("vqcore", "vqp 1.14.5 kmeans", None),
         Target("vqcore", "sklearn KMeans lloyd", None, key="inertia",
                note="inertia ratio: 1.0 means the same objective"),
     ]

@@ -7,7 +7,7 @@ from .core import Case, Config, Impl, Target, run_case
 from .peers import agreement, gaussian, nearest_reference, require, seed_layer, torch_eval_forward
 
 NAME = "nearest"
-DESCRIPTION = "exact nearest code, float32: vqcore.nearest vs faiss IndexFlatL2, numpy x @ c.T, scipy vq, seed eval"
+DESCRIPTION = "exact nearest code, float32: vqcore.nearest vs faiss IndexFlatL2, numpy x @ c.T, scipy vq, vector-quantize-pytorch eval"
 
 #: (n, d, k) from issue 2; the first shape also gets the numpy floor and the seed.
 FULL_SHAPES = ((65536, 256, 1024), (65536, 256, 8192), (262144, 64, 512))
@@ -37,8 +37,8 @@ def _case(config: Config, shape, first: bool) -> Case:
     targets = [Target("vqcore", "faiss IndexFlatL2", 1.0)]
     if first:
         impls.insert(2, Impl("numpy x @ c.T", lambda: _matmul(x, codebook), note="the GEMM alone: the floor"))
-        impls.append(Impl("seed eval forward", lambda: _seed(x, codebook), check, "VectorQuantize.eval(), no_grad"))
-        targets += [Target("vqcore", "numpy x @ c.T", 1.1), Target("vqcore", "seed eval forward", None)]
+        impls.append(Impl("vqp 1.14.5 eval forward", lambda: _seed(x, codebook), check, "VectorQuantize.eval(), no_grad"))
+        targets += [Target("vqcore", "numpy x @ c.T", 1.1), Target("vqcore", "vqp 1.14.5 eval forward", None)]
     case = Case(NAME, f"n={n} d={d} k={k}", {"n": n, "d": d, "k": k, "dtype": "float32"}, targets=targets)
     return run_case(case, impls, config.repeat, config.budget_s, config.threads)
 

@@ -20,12 +20,12 @@ def run(config: Config) -> list[Case]:
     x = gaussian(np.random.default_rng(0), b, length, d)
     label = f"{b * length} x {d}, k={k}"
     step = Case(NAME, f"training step {label}", {**params, "dtype": "float32"}, targets=[
-        Target("VectorQuantizer.partial_fit", "seed train fwd+bwd", 0.2),
+        Target("VectorQuantizer.partial_fit", "vqp 1.14.5 train fwd+bwd", 0.2),
         Target("VectorQuantizer.partial_fit", "numpy x @ c.T", None, note="issue 3: about 1.5x the GEMM"),
     ])
     impls = [
         Impl("VectorQuantizer.partial_fit", lambda: _partial_fit(x, k)),
-        Impl("seed train fwd+bwd", lambda: _seed_step(x, k), note="VectorQuantize.train(), loss = q.sum() + commit"),
+        Impl("vqp 1.14.5 train fwd+bwd", lambda: _seed_step(x, k), note="VectorQuantize.train(), loss = q.sum() + commit"),
         Impl("numpy x @ c.T", lambda: _gemm(x, k), note="the distance GEMM alone: the floor"),
     ]
     cases = [run_case(step, impls, config.repeat, config.budget_s, config.threads)]

@@ -124,8 +124,8 @@ def run(config: Config) -> list[Case]:
     epochs = 1 if config.quick else SEED_EPOCHS
     fit_impls += [
         Impl("faiss PQ", lambda: _faiss_pq(train, k, stages), quality("faiss PQ", faiss_quality)),
-        Impl("seed ResidualVQ EMA", lambda: _seed_rvq(train, k, stages, epochs),
-             quality("seed ResidualVQ EMA", lambda model: {"mse": lambda: model.decode(test)}),
+        Impl("vqp 1.14.5 ResidualVQ EMA", lambda: _seed_rvq(train, k, stages, epochs),
+             quality("vqp 1.14.5 ResidualVQ EMA", lambda model: {"mse": lambda: model.decode(test)}),
              f"vector-quantize-pytorch, {epochs} epoch(s) of batches of 1024, k-means init, for reference"),
     ]
     fit_targets = [Target(f"vqcore RQ beam {b}", f"faiss RQ beam {b}", 0.5) for b in BEAMS]

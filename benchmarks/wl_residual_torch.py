@@ -11,7 +11,7 @@ DESCRIPTION = "ResidualVQ train step (forward+backward) and eval forward: vqtorc
 
 FULL = {"shape": (16, 1024, 256), "k": 1024, "stages": 8}
 QUICK = {"shape": (2, 128, 32), "k": 64, "stages": 3}
-SEED = "seed ResidualVQ"
+SEED = "vqp 1.14.5 ResidualVQ"
 BACKENDS = ("vqcore", "torch")
 
 

@@ -11,7 +11,7 @@ DESCRIPTION = "VectorQuantize train step (forward+backward) and eval forward: vq
 
 FULL = {"shape": (16, 1024, 256), "ks": (1024, 8192)}
 QUICK = {"shape": (2, 256, 64), "ks": (128, 512)}
-SEED = "seed VectorQuantize"
+SEED = "vqp 1.14.5 VectorQuantize"
 BACKENDS = ("vqcore", "torch")
 
 

@@ -24,12 +24,12 @@ PEERS = [
     ("nearest", "faiss IndexFlatL2", "faiss"),
     ("nearest", "numpy x @ c.T", "numpy"),
     ("nearest", "scipy vq", "scipy"),
-    ("nearest", "seed eval forward", "vector_quantize_pytorch"),
+    ("nearest", "vqp 1.14.5 eval forward", "vector_quantize_pytorch"),
     ("kmeans", "sklearn KMeans lloyd", "sklearn"),
     ("kmeans", "faiss Kmeans", "faiss"),
-    ("kmeans", "seed kmeans", "vector_quantize_pytorch"),
-    ("quantizer", "seed train fwd+bwd", "vector_quantize_pytorch"),
-    ("vqtorch", "seed VectorQuantize", "vector_quantize_pytorch"),
+    ("kmeans", "vqp 1.14.5 kmeans", "vector_quantize_pytorch"),
+    ("quantizer", "vqp 1.14.5 train fwd+bwd", "vector_quantize_pytorch"),
+    ("vqtorch", "vqp 1.14.5 VectorQuantize", "vector_quantize_pytorch"),
 ]
 
 
@@ -73,7 +73,8 @@ def test_quick_run_covers_every_workload(quick_run):
     assert {case["workload"] for case in record["cases"]} == set(WORKLOADS)
     for case in record["cases"]:
         assert f"[{case['workload']}] {case['case']}" in stdout
-        assert case["rows"], f"{case['case']} has no rows"
+        # summaries (the residual workload's error-against-bits curve) carry notes instead of rows
+        assert case["rows"] or case["notes"], f"{case['case']} has no rows"
 
 
 def test_quick_run_timings_are_finite_positive_bests(quick_run):
