@@ -20,7 +20,7 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 BIN = Path(sys.executable).parent
 BLOCK = re.compile(r"(?:<!--\s*test:\s*(?P<label>[\w-]+)\s*-->\s*\n)?```(?P<lang>\w*)\n(?P<code>.*?)```", re.S)
-LABELS = {"numpy", "cli", "mpi", "torch"}
+LABELS = {"numpy", "cli", "mpi", "torch", "family", "family-cli"}
 
 
 def blocks():
@@ -91,7 +91,28 @@ def test_mpi_example(tmp_path):
     import vqcore
 
     quantizer = vqcore.VectorQuantizer.load(tmp_path / "codebook-mpi.npz")
-    assert np.mean((quantizer.decode(quantizer.encode(x)) - x) ** 2) < 0.9 * x.var()
+    codes = quantizer.encode(x)
+    assert np.mean((quantizer.decode(codes) - x) ** 2) < 0.9 * x.var()
+    np.testing.assert_array_equal(np.load(tmp_path / "codes-mpi.npy"), codes)  # one file, all ranks' rows
+
+
+def test_family_examples(tmp_path, monkeypatch):
+    (_, code), = code_of("family")
+    run_python(code, tmp_path, monkeypatch)
+    import vqcore
+
+    rq = vqcore.load(tmp_path / "rq.npz")
+    np.save(tmp_path / "vectors.npy", np.random.default_rng(2).standard_normal((3000, 48)).astype(np.float32))
+    (_, cli_code), = code_of("family-cli")
+    run_bash(cli_code, tmp_path)
+    x = np.load(tmp_path / "vectors.npy")
+    codes = np.load(tmp_path / "stage-codes.npy")
+    assert codes.shape == (3000, 4) and codes.dtype == np.uint8
+    from_file = vqcore.load(tmp_path / "stages.npz")
+    np.testing.assert_array_equal(codes, from_file.encode(x))
+    np.testing.assert_allclose(np.load(tmp_path / "stage-decoded.npy"), from_file.decode(codes), rtol=1e-6)
+    assert vqcore.load(tmp_path / "subspaces.npz").num_subspaces == 8
+    assert rq.num_quantizers == 8
 
 
 def _has_vqtorch_layer():

@@ -1,37 +1,31 @@
-"""vqcore: exact vector quantization in Numba-jitted NumPy, importable without torch."""
+"""vqcore: exact vector quantization in Numba-jitted NumPy, importable without torch.
+
+The quantizer family (each registers its file kind, so :func:`load` reads every one):
+:class:`VectorQuantizer`, :class:`ResidualQuantizer` (``groups=`` for grouped residual),
+:class:`ProductQuantizer`, and the implicit-codebook encoders :class:`FSQ`, :class:`LFQ`,
+:class:`ResidualFSQ`, :class:`ResidualLFQ`.
+"""
 from . import ema
-from .cluster import kmeans
-from .codebook import CosineSimCodebook, EuclideanCodebook
 from ._threads import configure_threads
+from .cluster import kmeans, kmeans_plusplus
+from .codebook import CosineSimCodebook, EuclideanCodebook
 from .comm import Communicator, MPIComm, SerialComm, check_same
-from .sampling import gumbel_sample, sample_multinomial, sample_vectors, sample_vectors_distributed
+from .fsq import FSQ, ResidualFSQ
+from .io import load
+from .lfq import LFQ, ResidualLFQ
+from .product import ProductQuantizer
 from .quantizer import VectorQuantizer
 from .residual import ResidualQuantizer
-from .product import ProductQuantizer
-from .io import load
+from .sampling import gumbel_sample, sample_multinomial, sample_vectors, sample_vectors_distributed
 from .search import distances, nearest
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Communicator",
-    "MPIComm",
-    "check_same",
-    "configure_threads",
-    "sample_vectors_distributed",
-    "CosineSimCodebook",
-    "EuclideanCodebook",
-    "VectorQuantizer",
-    "ResidualQuantizer",
-    "ProductQuantizer",
-    "load",
-    "ema",
-    "SerialComm",
-    "distances",
-    "gumbel_sample",
-    "kmeans",
-    "nearest",
-    "sample_multinomial",
-    "sample_vectors",
+    "VectorQuantizer", "ResidualQuantizer", "ProductQuantizer", "FSQ", "LFQ", "ResidualFSQ", "ResidualLFQ",
+    "load", "nearest", "distances", "kmeans", "kmeans_plusplus",
+    "EuclideanCodebook", "CosineSimCodebook", "ema",
+    "Communicator", "SerialComm", "MPIComm", "check_same", "configure_threads",
+    "gumbel_sample", "sample_multinomial", "sample_vectors", "sample_vectors_distributed",
     "__version__",
 ]

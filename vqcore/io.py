@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from .quantizer import VectorQuantizer
-from .state import FORMAT
+from .state import read_kind
 
 __all__ = ["load", "register", "registered_kinds", "file_kind"]
 
@@ -42,23 +40,14 @@ def registered_kinds():
 
 
 def file_kind(path):
-    """The ``kind`` recorded in a vqcore file, without reading its arrays.
+    """The ``kind`` recorded in a vqcore file, read by the strict reader without reading its arrays.
 
     Raises
     ------
     ValueError
-        Not a readable ``.npz`` file, or not written by vqcore.
+        Not a vqcore file, or damaged.
     """
-    path = os.fspath(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            marked = "format" in data.files and str(data["format"]) == FORMAT and "kind" in data.files
-            kind = str(data["kind"]) if marked else None
-    except (OSError, EOFError, ValueError) as exc:
-        raise ValueError(f"{path} is not a readable .npz file ({exc})") from None
-    if kind is None:
-        raise ValueError(f"{path} is not a vqcore file (no vqcore format marker)")
-    return kind
+    return read_kind(path)
 
 
 def load(path, *, seed=None, comm=None):
@@ -73,7 +62,7 @@ def load(path, *, seed=None, comm=None):
 
     Returns
     -------
-    VectorQuantizer, ResidualQuantizer or ProductQuantizer
+    VectorQuantizer, ResidualQuantizer, ProductQuantizer, or vqcore.fsq's / vqcore.lfq's classes
 
     Raises
     ------

@@ -78,6 +78,11 @@ class ProductQuantizer:
         return dict(self._config)
 
     @property
+    def code_shape(self):
+        """Shape of one vector's codes: ``(num_subspaces,)``."""
+        return (self.num_subspaces,)
+
+    @property
     def codebooks(self):
         """The codes: ``(num_subspaces, codebook_size, dim // num_subspaces)``."""
         return self._codebook.embed

@@ -418,6 +418,11 @@ class ResidualQuantizer:
         return dict(self._config)
 
     @property
+    def code_shape(self):
+        """Shape of one vector's codes: ``(num_quantizers,)``, or ``(groups, num_quantizers)``."""
+        return (self.num_quantizers,) if self.groups == 1 else (self.groups, self.num_quantizers)
+
+    @property
     def codebooks(self):
         """Codes of every stage: ``(num_quantizers, codebook_size, codebook_dim)``, with a leading ``groups`` axis when groups > 1."""
         stacked = np.stack([self._embeds(g) for g in range(self.groups)])

@@ -16,8 +16,7 @@ import numpy as np
 
 from ..state import OtherRankFailed, open_rows_writer
 from . import data
-from .common import (DATA_HELP, EVAL_CHUNK_VALUES, add_common, code_shape, human_bytes,
-                     load_quantizer)
+from .common import DATA_HELP, EVAL_CHUNK_VALUES, add_common, human_bytes, load_quantizer
 from .mpi import agree, world_comm
 
 #: Blocks between two progress all-reduces under mpiexec (a collective per block would cost more than it shows).
@@ -166,7 +165,7 @@ def cmd_encode(args):
         return rows
 
     quantizer, rows, output, total = _prepare(args, comm, open_input)
-    tail = code_shape(quantizer)
+    tail = tuple(quantizer.code_shape)
     dtype = data.codes_dtype(quantizer.codebook_size)
 
     def transform(start, block):
@@ -191,7 +190,7 @@ def cmd_decode(args):
     rank, size = _rank_size(comm)
 
     def open_input(quantizer, rank, size):
-        tail = code_shape(quantizer)
+        tail = tuple(quantizer.code_shape)
         return data.open_share(args.codes, rank, size, allow_empty=size > 1,
                                opener=lambda name: data.open_codes(name, tail))
 

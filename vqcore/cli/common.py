@@ -71,19 +71,6 @@ def load_quantizer(path):
         raise data.InputError(path, message.removeprefix(f"{path}: ").removeprefix(f"{path} ")) from None
 
 
-def code_shape(quantizer):
-    """Shape of one vector's codes: the quantizer's ``code_shape``, or derived from its attributes."""
-    shape = getattr(quantizer, "code_shape", None)
-    if shape is not None:
-        return tuple(shape)
-    if hasattr(quantizer, "num_subspaces"):  # ProductQuantizer
-        return (quantizer.num_subspaces,)
-    if hasattr(quantizer, "num_quantizers"):  # ResidualQuantizer
-        groups = getattr(quantizer, "groups", 1)
-        return (quantizer.num_quantizers,) if groups == 1 else (groups, quantizer.num_quantizers)
-    return ()
-
-
 def human_bytes(count):
     """``1536`` -> ``"1.5 kB"`` (powers of 1000, as file managers show)."""
     value = float(count)
