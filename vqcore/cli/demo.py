@@ -24,6 +24,7 @@ __all__ = ["run", "add_arguments", "main"]
 DEFAULT_SIZES = (16, 64, 256)
 QUICK_SIZES = (16, 64)
 PIXEL_MAX = 16.0  # digits pixels are integers 0..16
+RESIDUAL_CODES = 16  # codes per residual stage: 4 bits, so 1, 2, 4, 8 stages give 4 to 32 bits per digit
 
 
 def add_arguments(parser):
@@ -99,15 +100,44 @@ def print_table(results, stream):
               file=stream)
 
 
-def draw(path, test, labels, results):
-    """Write the picture: one held-out digit per class above its reconstructions; code usage below."""
+def residual_stages(train, test, *, seed, quick):
+    """A residual quantizer of 16-code stages: test reconstructions after 1, 2, 4 and 8 stages.
+
+    Returns a list of ``(stages, bits per vector, test MSE, reconstruction)``.
+    """
+    from ..residual import ResidualQuantizer
+
+    stages = 4 if quick else 8
+    quantizer = ResidualQuantizer(train.shape[1], RESIDUAL_CODES, stages, seed=seed).fit(train, progress=False)
+    codes = quantizer.encode(test)
+    bits = int(math.log2(RESIDUAL_CODES))
+    out = []
+    for m in (1, 2, 4, 8):
+        if m <= stages:
+            reconstruction = quantizer.decode(codes[:, :m])
+            out.append((m, bits * m, float(np.mean((reconstruction - test) ** 2)), reconstruction))
+    return out
+
+
+def print_residual_table(rows, stream):
+    """Error after each number of residual stages (bits per vector = 4 x stages)."""
+    print(f"residual quantizer, {RESIDUAL_CODES} codes per stage:", file=stream)
+    print("stages  bits/vector  test MSE", file=stream)
+    for stages, bits, mse, _ in rows:
+        print(f"{stages:>6}  {bits:>11}  {mse:>8.5f}", file=stream)
+
+
+def draw(path, test, labels, results, residual=()):
+    """Write the picture: one held-out digit per class above its reconstructions
+    (single codebooks, then residual stages); code usage below."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     picks = [int(np.flatnonzero(labels == digit)[0]) for digit in range(10) if (labels == digit).any()]
-    rows = [("original", test)] + [(f"k = {r['k']}", r["reconstruction"]) for r in results]
+    rows = [("original", test)] + [(f"k = {r['k']} ({r['bits']} bits)", r["reconstruction"]) for r in results]
+    rows += [(f"RQ {stages} stage{'s' * (stages > 1)} ({bits} bits)", recon) for stages, bits, _, recon in residual]
     fig = plt.figure(figsize=(max(1.1 * len(picks), 3.2 * len(results)) + 1.2, 1.1 * len(rows) + 2.8),
                      layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[1.1 * len(rows), 2.6])
@@ -164,9 +194,11 @@ def run(out_dir="demo-output", sizes=None, *, quick=False, seed=0, stream=None):
     start = time.perf_counter()
     results = [compare(train, test, k, epochs=3 if quick else 10, seed=seed) for k in sizes]
     print_table(results, stream)
+    residual = residual_stages(train, test, seed=seed, quick=quick)
+    print_residual_table(residual, stream)
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "digits.png")
-    draw(path, test, labels, results)
+    draw(path, test, labels, results, residual)
     print(f"picture: {path}  ({time.perf_counter() - start:.1f} s)", file=stream)
     return results, path
 
