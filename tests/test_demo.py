@@ -19,8 +19,13 @@ def test_quick_demo_writes_a_picture_and_sensible_numbers(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result
     lines = result.stdout.splitlines()
-    table = [line.split() for line in lines if line.split() and line.split()[0].isdigit()]
+    split = next(i for i, line in enumerate(lines) if line.startswith("residual quantizer"))
+    table = [line.split() for line in lines[:split] if line.split() and line.split()[0].isdigit()]
     assert [int(row[0]) for row in table] == [16, 64]
+    residual = [line.split() for line in lines[split:] if line.split() and line.split()[0].isdigit()]
+    assert [(int(stages), int(bits)) for stages, bits, _ in residual] == [(1, 4), (2, 8), (4, 16)]
+    errors = [float(mse) for _, _, mse in residual]
+    assert errors == sorted(errors, reverse=True) and errors[-1] < 0.7 * errors[0]  # each stage helps
 
     pixels = load_digits().data / 16.0
     variance = pixels.var(axis=0).mean()  # error of the best single code, per pixel
