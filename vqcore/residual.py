@@ -11,11 +11,10 @@ import warnings
 from dataclasses import fields
 
 import numpy as np
-from numba import prange
 from tqdm.auto import tqdm
 
 from . import _validate
-from ._config import jit
+from .beam import beam_encode, beam_extend, beam_start, beam_tables
 from .cluster import kmeans
 from .codebook import CosineSimCodebook, EuclideanCodebook
 from .comm import check_same, resolve_comm
@@ -37,10 +36,6 @@ CODEBOOK_DEFAULTS = {f.name: f.default for f in fields(VQOptions) if f.name in C
 MAX_POINTS_PER_CLUSTER = 256
 #: Seeding draws from 16 rows per code: greedy k-means++ on all rows would cost more than Lloyd.
 INIT_POINTS_PER_CLUSTER = 16
-#: Codes per block of the beam search's candidate scan (one vector minimum per block).
-SCAN_BLOCK = 16
-#: Rows encoded at once by the beam search (bounds its (rows, beam, codes) scores).
-BEAM_CHUNK_ROWS = 2048
 
 
 # -- helpers shared with the product quantizer ----------------------------------------
@@ -139,179 +134,6 @@ def fit_ema(quantizer, x, batch_size, epochs, shuffle, progress):
             for batch in bar:
                 quantizer.partial_fit(batch)
     return quantizer
-
-
-# -- beam search ------------------------------------------------------------------------
-def beam_encode(z, embeds, beam_size):
-    """Beam search over the stages of one residual stack (euclidean).
-
-    Keeps the ``beam_size`` best partial sums per row.  At every stage the
-    ``2 * beam_size`` best extensions by a float32 score are re-scored
-    exactly (float64 residual norms) and the best ``beam_size`` kept.  The
-    float32 score needs no GEMM per beam: ``r . c = x . c - sum_s c_s . c``
-    over the codes ``c_s`` the beam chose so far, from one ``x @ C.T`` per
-    stage and tables of code-code products (faiss's look-up-table beam
-    search).  With a beam at least as large as the number of paths, every
-    path is kept and the result is the exact best sum of codes.
-
-    Parameters
-    ----------
-    z : ndarray of float32, shape (n, d)
-    embeds : ndarray of float32, shape (stages, k, d)
-    beam_size : int
-
-    Returns
-    -------
-    ndarray of int64, shape (n, stages)
-    """
-    n = z.shape[0]
-    tables = [beam_tables(embeds, i) for i in range(embeds.shape[0])]
-    out = np.empty((n, embeds.shape[0]), dtype=np.int64)
-    for start in range(0, n, BEAM_CHUNK_ROWS):
-        chunk = z[start:start + BEAM_CHUNK_ROWS]
-        beams = beam_start(chunk)
-        for i in range(embeds.shape[0]):  # all stages of one chunk while its beams are in cache
-            beams = beam_extend(chunk, beams, embeds[i], tables[i], beam_size)
-        out[start:start + BEAM_CHUNK_ROWS] = beams[2][:, 0]  # beams are sorted: the first is the best
-    return out
-
-
-def beam_tables(embeds, i):
-    """What stage ``i``'s beam step needs from the codebooks: ``(C_i.T, C_<i @ C_i.T, |C_i|^2)``."""
-    k, d = embeds.shape[1:]
-    codes_t = np.ascontiguousarray(embeds[i].T)
-    cross = (embeds[:i].reshape(i * k, d) @ codes_t).reshape(i, k, k)
-    return codes_t, cross, np.einsum("kd,kd->k", embeds[i], embeds[i])
-
-
-def beam_start(z):
-    """One empty beam per row: ``(residual (n, 1, d) float64, error (n, 1), codes (n, 1, 0))``."""
-    residual = np.ascontiguousarray(z, dtype=np.float64)[:, None, :]
-    return residual, np.einsum("nbd,nbd->nb", residual, residual), np.zeros((len(z), 1, 0), dtype=np.int64)
-
-
-def beam_extend(z, beams, codebook, tables, beam_size):
-    """Extend every row's beams by one stage's codebook; returns the new ``(residual, error, codes)``.
-
-    Rows are processed ``BEAM_CHUNK_ROWS`` at a time, so scratch memory stays bounded.
-    """
-    if len(z) > BEAM_CHUNK_ROWS:
-        parts = [beam_extend(z[s:s + BEAM_CHUNK_ROWS], tuple(a[s:s + BEAM_CHUNK_ROWS] for a in beams), codebook,
-                             tables, beam_size) for s in range(0, len(z), BEAM_CHUNK_ROWS)]
-        return tuple(np.concatenate(arrays) for arrays in zip(*parts))
-    residual, error, codes = beams
-    codes_t, cross, c_sq = tables
-    n, b, d = residual.shape
-    k = codebook.shape[0]
-    keep = min(2 * beam_size, b * k)
-    width = min(beam_size, keep)
-    x_dot = z @ codes_t  # (n, k); the kernel subtracts the earlier codes' products
-    new_residual = np.empty((n, width, d))
-    new_error = np.empty((n, width))
-    parent = np.empty((n, width), dtype=np.int64)
-    chosen = np.empty((n, width), dtype=np.int64)
-    scratch_dot = np.empty((n, k), dtype=np.float32)
-    scratch_value = np.empty((n, keep))
-    scratch_index = np.empty((n, keep), dtype=np.int64)
-    _beam_step(x_dot, cross, np.ascontiguousarray(codes), error, c_sq, residual, codebook, scratch_dot,
-               scratch_value, scratch_index, new_residual, new_error, parent, chosen)
-    rows = np.arange(n)[:, None]
-    new_codes = np.concatenate([codes[rows, parent], chosen[:, :, None]], axis=2)
-    return new_residual, new_error, new_codes
-
-
-@jit(inline="always")
-def _insert(values, indices, count, value, index):
-    """Insert ``(value, index)`` into the ascending prefix ``values[:count]`` (capacity len(values)).
-
-    Equal values keep their order of arrival (the lower flat index first).
-    Returns the new count.
-    """
-    capacity = values.shape[0]
-    if count == capacity and value >= values[capacity - 1]:
-        return count
-    pos = count if count < capacity else capacity - 1
-    while pos > 0 and values[pos - 1] > value:
-        if pos < capacity:
-            values[pos] = values[pos - 1]
-            indices[pos] = indices[pos - 1]
-        pos -= 1
-    values[pos] = value
-    indices[pos] = index
-    return count + 1 if count < capacity else count
-
-
-@jit(parallel=True)
-def _beam_step(x_dot, cross, codes, error, c_sq, residual, codebook, scratch_dot, scratch_value, scratch_index,
-               new_residual, new_error, parent, chosen):
-    """One stage of the beam search for every row (the lead may move this to vqcore/kernels/).
-
-    Parameters
-    ----------
-    x_dot : (n, k) float32, input . code                             # IN
-    cross : (i, k_s, k) float32, earlier stages' codes . code        # IN
-    codes : (n, b, i) int64, codes each beam chose so far            # IN
-    error : (n, b) float64, squared norm of each beam's residual     # IN
-    c_sq : (k,) float32, squared norm of each code                   # IN
-    residual : (n, b, d) float64                                     # IN
-    codebook : (k, d) float32                                        # IN
-    scratch_dot : (n, k) float32                                     # scratch: one beam's products
-    scratch_value, scratch_index : (n, keep)                         # scratch: best approximate extensions
-    new_residual : (n, width, d) float64                             # OUT
-    new_error : (n, width) float64, exact, ascending                 # OUT
-    parent, chosen : (n, width) int64, beam extended and code added  # OUT
-    """
-    n, k = x_dot.shape
-    b, stage = codes.shape[1], codes.shape[2]
-    d = residual.shape[2]
-    width = new_error.shape[1]
-    keep = scratch_value.shape[1]
-    for row in prange(n):
-        values = scratch_value[row]
-        picks = scratch_index[row]
-        dots = scratch_dot[row]
-        count = 0
-        two = np.float32(2.0)  # float32 literals keep the passes in float32 (vectorised)
-        for j in range(b):
-            # float32 scores of every code for this beam, in vectorised passes
-            base = np.float32(error[row, j])
-            for c in range(k):
-                dots[c] = base + (c_sq[c] - two * x_dot[row, c])
-            for s in range(stage):  # r . c = x . c - sum of the earlier codes' products (contiguous rows)
-                earlier = cross[s, codes[row, j, s]]
-                for c in range(k):
-                    dots[c] += two * earlier[c]
-            # scan blocks of codes: a vectorised block minimum skips most blocks once the buffer is full
-            for c0 in range(0, k, SCAN_BLOCK):
-                c1 = min(c0 + SCAN_BLOCK, k)
-                low = dots[c0]
-                for c in range(c0 + 1, c1):
-                    low = min(low, dots[c])
-                if count == keep and low >= values[keep - 1]:
-                    continue
-                for c in range(c0, c1):
-                    if count < keep or dots[c] < values[keep - 1]:
-                        count = _insert(values, picks, count, dots[c], j * k + c)
-        # exact float64 scores of the kept extensions; the best ``width`` survive, in order
-        for m in range(count):
-            j, c = picks[m] // k, picks[m] % k
-            total = 0.0
-            for f in range(d):
-                diff = residual[row, j, f] - codebook[c, f]
-                total += diff * diff
-            values[m] = total
-        best = new_error[row]
-        best_pick = parent[row]  # flat (beam, code) indices until unpacked below
-        kept = 0
-        for m in range(count):
-            kept = _insert(best, best_pick, kept, values[m], picks[m])
-        for w in range(width):
-            flat = best_pick[w]
-            j, c = flat // k, flat % k
-            parent[row, w] = j
-            chosen[row, w] = c
-            for f in range(d):
-                new_residual[row, w, f] = residual[row, j, f] - codebook[c, f]
 
 
 @register("ResidualQuantizer")
