@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 import vqcore
 
-from .helpers import ALLOWED, beyond_float32_variance, assert_finite_state, assert_same_state, call_checked, count_case, snapshot
+from .helpers import (ALLOWED, assert_finite_state, assert_same_state, beyond_float32_variance, call_checked,
+                      count_case, snapshot)
 from .strategies import DIM, arrays, codes_for, options
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
@@ -55,7 +56,10 @@ def run_sequence(data, vq, steps):
                 shape = data.draw(st.sampled_from([(3,), (2, 3), ()])) + vq.code_shape
                 call_checked(vq, "decode", codes_for(data.draw, shape, vq.codebook_size))
             elif op == "quantize":
-                call_checked(vq, "quantize", data.draw(arrays()))
+                x = data.draw(arrays())
+                if vq.options.affine_param and beyond_float32_variance(x):
+                    continue  # known bug: test_known_bugs.test_affine_statistics_beyond_float32_leave_the_state_alone
+                call_checked(vq, "quantize", x)
             elif op == "save_load":
                 path = os.path.join(tmp, "q.npz")
                 ok, _ = call_checked(vq, "save", path)
