@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch")
 import vqtorch  # noqa: E402
 
-from .helpers import ALLOWED, beyond_float32_variance, assert_finite_state, call_checked, count_case, snapshot  # noqa: E402
+from .helpers import (ALLOWED, assert_finite_state, beyond_float32_variance, call_checked,  # noqa: E402
+                      count_case, snapshot)
 from .strategies import DIM, arrays, options  # noqa: E402
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
