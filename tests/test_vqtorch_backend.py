@@ -1,8 +1,10 @@
 """The backends' kernels against dense, obviously-correct torch references (the seed's one-hot products)."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tests import naive
 from tests.torch_reference import backends
 from vqtorch.backends.torch_ops import TorchBackend
 from vqtorch.backends import select_backend
@@ -76,3 +78,26 @@ def test_batch_stats_are_biased_mean_and_variance(name):
     mean, var = _backend(name).batch_stats(x)
     torch.testing.assert_close(mean, x.double().mean(1, keepdim=True).float())
     torch.testing.assert_close(var, x.double().var(1, unbiased=False, keepdim=True).float())
+
+
+@pytest.mark.parametrize("name", ["torch", "vqcore"])
+@pytest.mark.parametrize("offset", [0.0, 300.0, 1e4])
+def test_nearest_is_certified_exact_on_uncentred_data(name, offset):
+    # where float32 ||x||^2 + ||c||^2 - 2 x.c loses the answer, both backends give vqcore's exact one
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((1, 2000, 24)) + offset).astype(np.float32)
+    codes = (rng.standard_normal((1, 150, 24)) + offset).astype(np.float32)
+    codes[0, 75:] = codes[0, :75]  # exact duplicates: ties go to the lowest index
+    got = _backend(name).nearest(torch.from_numpy(x), torch.from_numpy(codes), metric="euclidean")
+    want = naive.nearest(x[0].astype(np.float64), codes[0].astype(np.float64))
+    np.testing.assert_array_equal(got[0].numpy(), want)
+
+
+def test_vqcore_search_is_a_checked_custom_op():
+    from vqtorch.backends.vqcore_kernels import nearest_op  # noqa: F401  (registers vqcore::nearest)
+
+    x, embed = torch.randn(2, 40, 8), torch.randn(2, 16, 8)
+    torch.library.opcheck(torch.ops.vqcore.nearest.default, (x, embed, False))
+    torch.library.opcheck(torch.ops.vqcore.nearest.default, (x, embed, True))
+    np.testing.assert_array_equal(torch.ops.vqcore.nearest(x, embed, False).numpy(),
+                                  np.stack([naive.nearest(a, b) for a, b in zip(x.numpy(), embed.numpy())]))

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 __all__ = ["TorchBackend"]
 
-# Elements of one distance block; 4M float32 = 16 MiB keeps the block cache/L2 friendly
+# Elements of one score block; 4M float32 = 16 MiB keeps the block cache/L2 friendly
 # while each GEMM stays large enough to run at full speed.
 _BLOCK_ELEMENTS = 1 << 22
 
@@ -29,6 +29,74 @@ def _sample_rows(samples, num):
     else:
         rows = torch.randint(0, n, (num,), device=samples.device)
     return samples[rows]
+
+
+class _CertifiedSearch:
+    """vqcore's certified exact search in torch ops, for one codebook on any device.
+
+    The codebook is prepared by :func:`vqcore.search.plan` (centre, power-of-two scale, the
+    error-bound coefficients of fp32 scores); rows are scored in float32 on their device, and
+    every row whose best score is within the bound of another code is re-ranked by the float64
+    direct form, ties to the lowest index -- the same answer as ``vqcore.nearest``.
+    """
+
+    def __init__(self, codes, metric):
+        from vqcore.search import plan
+
+        prepared = plan(codes.detach().float().cpu().numpy(), metric, "fp32")
+        device = codes.device
+        self.metric = metric
+        self.codes64 = codes.detach().double()
+        # copies (torch.tensor), not shared numpy memory: safe to build under torch.compile's tracing too
+        self.mu = torch.tensor(prepared.mu, device=device)
+        self.scale = prepared.scale
+        self.operand = torch.tensor(prepared.operand, device=device)
+        self.bias = torch.tensor(prepared.bias, device=device)
+        self.coefs = prepared.coefs.tolist()
+        self.limit = prepared.limit
+
+    def nearest(self, x):
+        """Certified nearest code of every row of ``x`` (m, d)."""
+        x64 = x.detach().double()
+        if self.metric == "cosine":
+            top = x64.abs().amax(dim=1, keepdim=True)
+            row_scale = torch.where(top > 0, torch.exp2(-torch.ceil(torch.log2(top))), torch.ones_like(top))
+            v64 = x64 * row_scale
+        else:
+            row_scale = None
+            v64 = (x64 - self.mu) * self.scale
+        unsafe = ~(v64.abs() <= self.limit).all(dim=1)  # answered by the direct form over every code
+        v = torch.where(unsafe.unsqueeze(1), torch.zeros_like(v64), v64).float()
+        norm = v.double().norm(dim=1)
+        # TF32 would round the inputs to 10 bits and void the bound: score in true fp32.
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            scores = torch.addmm(self.bias, v, self.operand)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+        c0, _, _, c3, c4 = self.coefs
+        bound = c0 * norm + c3 + c4 * (1 + norm) ** 2
+        threshold = scores.min(dim=1).values.double() + 2 * bound
+        threshold = (threshold + threshold.abs() * 2.0 ** -20 + 2.0 ** -140).float()  # rounds up past fp32
+        candidates = scores <= threshold.unsqueeze(1)
+        candidates[unsafe] = True
+        best = candidates.to(torch.uint8).argmax(dim=1)  # the only candidate where there is one
+        rerank = torch.nonzero(candidates.sum(dim=1) > 1).squeeze(1)
+        if rerank.numel():
+            best[rerank] = self._rerank(x64[rerank], candidates[rerank], None if row_scale is None
+                                        else row_scale[rerank])
+        return best
+
+    def _rerank(self, x64, candidates, row_scale):
+        """Lowest-index minimum of the float64 direct form over each row's candidates."""
+        if self.metric == "cosine":
+            exact = -((x64 * row_scale) @ (self.codes64 * self.scale).T)
+        else:
+            exact = (((x64.unsqueeze(1) - self.codes64.unsqueeze(0)) * self.scale) ** 2).sum(-1)
+        exact = exact.masked_fill(~candidates, float("inf"))
+        low = exact.min(dim=1, keepdim=True).values
+        return (exact == low).to(torch.uint8).argmax(dim=1)  # the first index reaching the minimum
 
 
 class TorchBackend:
@@ -47,7 +115,7 @@ class TorchBackend:
 
     @torch.no_grad()
     def nearest(self, x, embed, *, metric):
-        """Index of the closest code for every row.
+        """Index of the closest code for every row (certified exact: see :class:`_CertifiedSearch`).
 
         Parameters
         ----------
@@ -63,19 +131,28 @@ class TorchBackend:
         c, n, _ = x.shape
         k = embed.shape[1]
         out = torch.empty(c, n, dtype=torch.long, device=x.device)
-        rows = max(1, self.block_elements // max(k * c, 1))
+        rows = max(1, self.block_elements // max(k, 1))
+        if torch.compiler.is_compiling():
+            # The certified search is data-dependent (its bound, its candidate rows) and builds its
+            # plan in numpy; a compiled graph traces the plain float32 argmin instead.
+            return self._traceable_nearest(x, embed, metric, out, rows)
+        for h in range(c):
+            search = _CertifiedSearch(embed[h], metric)
+            for start in range(0, n, rows):
+                out[h, start:start + rows] = search.nearest(x[h, start:start + rows])
+        return out
+
+    @staticmethod
+    def _traceable_nearest(x, embed, metric, out, rows):
+        """The float32 argmin of ``-2 x.e + |e|^2`` (largest ``x.e`` for cosine), in row blocks."""
         embed_t = embed.transpose(1, 2)
-        if metric != "cosine":
-            # The seed's ||x||^2 + ||e||^2 - 2 x.e, kept whole so near-ties break as there.
-            x_sq = x.pow(2).sum(-1, keepdim=True)
-            e_sq = embed.pow(2).sum(-1).unsqueeze(1)
-        for start in range(0, n, rows):
+        e_sq = embed.pow(2).sum(-1).unsqueeze(1)
+        for start in range(0, x.shape[1], rows):
             block = x[:, start:start + rows]
             if metric == "cosine":
                 out[:, start:start + rows] = torch.bmm(block, embed_t).argmax(-1)
             else:
-                base = x_sq[:, start:start + rows] + e_sq
-                out[:, start:start + rows] = torch.baddbmm(base, block, embed_t, alpha=-2.0).argmin(-1)
+                out[:, start:start + rows] = torch.baddbmm(e_sq, block, embed_t, alpha=-2.0).argmin(-1)
         return out
 
     @torch.no_grad()

@@ -14,7 +14,21 @@ import vqcore
 
 from .torch_ops import _sample_rows
 
-__all__ = ["VqcoreBackend"]
+__all__ = ["VqcoreBackend", "nearest_op"]
+
+
+# A custom operator, so torch.compile traces through the search instead of breaking the graph
+# at the numpy call; the fake implementation only says what comes out.
+@torch.library.custom_op("vqcore::nearest", mutates_args=())
+def nearest_op(x: torch.Tensor, embed: torch.Tensor, cosine: bool) -> torch.Tensor:
+    """vqcore's certified nearest code: x (c, n, d), embed (c, k, d) float32 CPU -> (c, n) int64."""
+    metric = "cosine" if cosine else "euclidean"
+    return torch.from_numpy(vqcore.nearest(_np(x), _np(embed), metric=metric))
+
+
+@nearest_op.register_fake
+def _(x, embed, cosine):
+    return x.new_empty(x.shape[:2], dtype=torch.long)
 
 
 def _np(t):
@@ -29,8 +43,8 @@ class VqcoreBackend:
 
     @torch.no_grad()
     def nearest(self, x, embed, *, metric):
-        """Index of the closest code per row: x (c, n, d), embed (c, k, d) -> (c, n) int64."""
-        return torch.from_numpy(vqcore.nearest(_np(x), _np(embed), metric=metric))
+        """Index of the closest code per row: x (c, n, d), embed (c, k, d) -> (c, n) int64 (certified exact)."""
+        return torch.ops.vqcore.nearest(x.detach(), embed.detach(), metric == "cosine")
 
     @torch.no_grad()
     def cluster_stats(self, x, indices, num_codes, mask=None):
