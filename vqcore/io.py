@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from .quantizer import VectorQuantizer
 from .state import read_kind
 
