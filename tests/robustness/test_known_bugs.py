@@ -74,8 +74,9 @@ def test_torch_training_on_an_empty_batch_keeps_the_codebook_finite(kind):
 
 @pytest.mark.xfail(strict=True, reason="bug: vqtorch eval on an empty batch with kmeans_init=True on a fresh layer "
                    "raises RuntimeError ('random_ expects from < to') from the k-means row sampling "
-                   "(vqtorch/backends torch_ops._sample_rows) instead of a ValueError")
-@pytest.mark.parametrize("kind", ["vq", "residual"])
+                   "(vqtorch/backends torch_ops._sample_rows) instead of a ValueError; "
+                   "VectorQuantize eval with an all-False mask fails the same way")
+@pytest.mark.parametrize("kind", ["vq", "residual", "vq-mask"])
 def test_torch_eval_kmeans_on_an_empty_batch_raises_value_error(kind):
     torch = pytest.importorskip("torch")
     import vqtorch
@@ -83,4 +84,7 @@ def test_torch_eval_kmeans_on_an_empty_batch_raises_value_error(kind):
     layer = (vqtorch.ResidualVQ(dim=DIM, num_quantizers=2, codebook_size=8, kmeans_init=True) if kind == "residual"
              else vqtorch.VectorQuantize(DIM, 8, kmeans_init=True))
     layer.eval()
-    call_checked(layer, "__call__", torch.zeros(1, 0, DIM))
+    if kind == "vq-mask":
+        call_checked(layer, "__call__", torch.ones(1, 3, DIM), mask=torch.zeros(1, 3, dtype=torch.bool))
+    else:
+        call_checked(layer, "__call__", torch.zeros(1, 0, DIM))

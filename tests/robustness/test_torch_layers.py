@@ -46,6 +46,10 @@ def layer_affine(layer):
     return any(name.endswith("batch_mean") or name.endswith("codebook_mean") for name, _ in layer.named_buffers())
 
 
+def largest_state(layer):
+    return max((float(np.abs(v).max(initial=0)) for v in snapshot(layer).values()), default=0.0)
+
+
 def layer_property(data, steps):
     count_case()
     kind = data.draw(st.sampled_from(["vq", "residual"]))
@@ -65,10 +69,13 @@ def layer_property(data, steps):
             # a mask, sometimes all False or of the wrong shape
             n = x.shape[1] + data.draw(st.sampled_from([0, 0, 1]))
             kwargs["mask"] = torch.tensor([data.draw(st.booleans()) for _ in range(n)])[None]
+            if not training and not kwargs["mask"].any():
+                continue  # known bug: test_known_bugs.test_torch_eval_kmeans_on_an_empty_batch_raises_value_error
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ok, out = call_checked(layer, "__call__", x, **kwargs)
-        if ok and training and x.abs().max() < 1e15:  # (squared errors of larger inputs overflow float32)
+        if ok and training and x.abs().max() < 1e15 and largest_state(layer) < 1e15:
+            # (squared errors of larger inputs or codes overflow float32)
             loss = out[-1]
             assert torch.all(torch.isfinite(loss)), "finite input gave a non-finite loss"
         assert_finite_state(layer, f"{kind} forward")
