@@ -88,3 +88,21 @@ def test_torch_eval_kmeans_on_an_empty_batch_raises_value_error(kind):
         call_checked(layer, "__call__", torch.ones(1, 3, DIM), mask=torch.zeros(1, 3, dtype=torch.bool))
     else:
         call_checked(layer, "__call__", torch.zeros(1, 0, DIM))
+
+
+@pytest.mark.xfail(strict=True, reason="bug: vqtorch ResidualVQ(affine_param=True) in eval takes float16 input "
+                   "and moves it onto the batch statistics in float16: after a batch with values near 6e5 (beyond "
+                   "float16's 65504) a float16 batch of zeros raises 'x contains NaN or Inf' after batch_mean "
+                   "changed (VectorQuantize computes in float32 and passes)")
+def test_residual_vq_affine_eval_in_float16_leaves_the_state_alone():
+    torch = pytest.importorskip("torch")
+    import vqtorch
+
+    torch.manual_seed(0)
+    layer = vqtorch.ResidualVQ(dim=DIM, num_quantizers=2, codebook_size=8, affine_param=True, decay=0.0, eps=1e-30)
+    layer.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        layer(torch.tensor([[[125730.22, -132104.86, 640422.6, 104900.12]]]))
+        ok, _ = call_checked(layer, "__call__", torch.zeros(1, 1, DIM, dtype=torch.float16))
+    assert ok

@@ -62,8 +62,9 @@ def layer_property(data, steps):
         x = as_tensor(data.draw(arrays()))
         if hasattr(x, "numel") and x.numel() == 0:
             continue  # known bugs: test_known_bugs.test_torch_*_empty_batch_*
-        if layer_affine(layer) and beyond_float32_variance(x):
-            continue  # known bug: test_known_bugs.test_affine_statistics_beyond_float32_leave_the_state_alone
+        if layer_affine(layer) and (beyond_float32_variance(x) or kind == "residual" and x.dtype == torch.float16):
+            continue  # known bugs: test_known_bugs.test_affine_statistics_beyond_float32_leave_the_state_alone,
+            # test_residual_vq_affine_eval_in_float16_leaves_the_state_alone
         kwargs = {}
         if kind == "vq" and data.draw(st.booleans()) and hasattr(x, "shape") and x.ndim == 3:
             # a mask, sometimes all False or of the wrong shape
@@ -79,7 +80,8 @@ def layer_property(data, steps):
             loss = out[-1]
             assert torch.all(torch.isfinite(loss)), "finite input gave a non-finite loss"
         assert_finite_state(layer, f"{kind} forward")
-        if not training and ok:  # eval of the same input twice gives the same codes
+        if not training and ok and not layer_affine(layer):
+            # eval of the same input twice gives the same codes (affine eval updates batch statistics, as the seed)
             again = layer(x, **kwargs)
             assert torch.equal(out[1], again[1])
 
