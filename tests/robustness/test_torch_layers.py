@@ -62,9 +62,10 @@ def layer_property(data, steps):
         x = as_tensor(data.draw(arrays()))
         if hasattr(x, "numel") and x.numel() == 0:
             continue  # known bugs: test_known_bugs.test_torch_*_empty_batch_*
-        if layer_affine(layer) and (beyond_float32_variance(x) or kind == "residual" and x.dtype == torch.float16):
-            continue  # known bugs: test_known_bugs.test_affine_statistics_beyond_float32_leave_the_state_alone,
-            # test_residual_vq_affine_eval_in_float16_leaves_the_state_alone
+        if kind == "residual" and hasattr(x, "dtype") and x.dtype == torch.float16:
+            continue  # known bug: test_known_bugs.test_residual_vq_in_float16_leaves_the_state_alone
+        if layer_affine(layer) and beyond_float32_variance(x):
+            continue  # known bug: test_known_bugs.test_affine_statistics_beyond_float32_leave_the_state_alone
         kwargs = {}
         if kind == "vq" and data.draw(st.booleans()) and hasattr(x, "shape") and x.ndim == 3:
             # a mask, sometimes all False or of the wrong shape
