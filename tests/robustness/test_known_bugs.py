@@ -110,3 +110,33 @@ def test_residual_vq_in_float16_leaves_the_state_alone(training, opts):
         layer.train(training)
         ok, _ = call_checked(layer, "__call__", torch.zeros(1, 1, DIM, dtype=torch.float16))
     assert ok
+
+
+@pytest.mark.xfail(strict=True, reason="bug: decay=1.0 is accepted (vqcore/options.py VQOptions.decay, real(0, 1)) "
+                   "but the EMA then never moves cluster_size off 0, and the Laplace-smoothed division makes every "
+                   "code NaN/Inf after the first training step (VectorQuantizer; vqtorch's both backends and "
+                   "ResidualVQ alike; the seed too). Refuse 1.0 (range [0, 1)) or leave the codes unchanged")
+def test_decay_one_keeps_the_codebook_finite():
+    x = np.random.default_rng(0).standard_normal((8, DIM)).astype(np.float32)
+    vq = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            vq = vqcore.VectorQuantizer(DIM, 8, decay=1.0, seed=0)
+        except ValueError:
+            return
+        vq.partial_fit(x)
+    assert_finite_state(vq)
+
+
+@pytest.mark.xfail(strict=True, reason="bug: vqtorch VectorQuantize with a projection (heads=2, codebook_dim=dim) "
+                   "takes float64 input and fails in project_in with RuntimeError 'mat1 and mat2 must have the same "
+                   "dtype' (vqtorch/layer.py _check_input accepts the dtype); cast to the projection's dtype or "
+                   "raise TypeError up front (the seed raises the same RuntimeError)")
+def test_torch_projection_with_float64_input_is_not_a_runtime_error():
+    torch = pytest.importorskip("torch")
+    import vqtorch
+
+    layer = vqtorch.VectorQuantize(DIM, 8, heads=2)
+    layer.eval()
+    call_checked(layer, "__call__", torch.randn(1, 3, DIM, dtype=torch.float64))
