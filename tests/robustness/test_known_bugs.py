@@ -130,13 +130,14 @@ def test_decay_one_keeps_the_codebook_finite():
 
 
 @pytest.mark.xfail(strict=True, reason="bug: vqtorch VectorQuantize with a projection (heads=2, codebook_dim=dim) "
-                   "takes float64 input and fails in project_in with RuntimeError 'mat1 and mat2 must have the same "
+                   "takes float64 (or float16) input and fails in project_in with RuntimeError 'mat1 and mat2 must have the same "
                    "dtype' (vqtorch/layer.py _check_input accepts the dtype); cast to the projection's dtype or "
                    "raise TypeError up front (the seed raises the same RuntimeError)")
-def test_torch_projection_with_float64_input_is_not_a_runtime_error():
+@pytest.mark.parametrize("dtype", ["float64", "float16"])
+def test_torch_projection_with_float64_input_is_not_a_runtime_error(dtype):
     torch = pytest.importorskip("torch")
     import vqtorch
 
     layer = vqtorch.VectorQuantize(DIM, 8, heads=2)
     layer.eval()
-    call_checked(layer, "__call__", torch.randn(1, 3, DIM, dtype=torch.float64))
+    call_checked(layer, "__call__", torch.randn(1, 3, DIM).to(getattr(torch, dtype)))
