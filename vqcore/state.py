@@ -27,8 +27,13 @@ FLAG_STATE = ("initted", "codebook_mean_needs_init", "codebook_variance_needs_in
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def _value_problem(key, value):
-    """Why the values of state array ``key`` cannot be used as float32 state, or None."""
+def _value_problem(key, value, state):
+    """Why the values of state array ``key`` cannot be used as float32 state, or None.
+
+    A codebook statistic whose ``<name>_needs_init`` flag in ``state`` is 1 is
+    not in use yet (the first training step overwrites it; the seed leaves it
+    as ``torch.empty`` garbage), so only its finiteness and range are checked.
+    """
     if not value.size:
         return None
     if value.dtype.kind in "fc" and not np.all(np.isfinite(value)):
@@ -37,7 +42,9 @@ def _value_problem(key, value):
     if largest > _FLOAT32_MAX:  # float64 (or int) values that would turn into inf as float32
         return f"{key} holds {largest:.3g}, beyond the float32 range (|x| <= {_FLOAT32_MAX:.3g})"
     name = key.rsplit(".", 1)[-1]
-    if name in NON_NEGATIVE_STATE and np.min(value) < 0:
+    flag = state.get(key + "_needs_init")
+    unused = flag is not None and np.size(flag) and bool(np.all(np.asarray(flag) == 1))
+    if name in NON_NEGATIVE_STATE and not unused and np.min(value) < 0:
         return f"{key} holds a negative value ({float(np.min(value)):.3g}); it is a count or variance (>= 0)"
     if name in FLAG_STATE and not np.all((value == 0) | (value == 1)):
         return f"{key} must be 0 or 1; got {sorted(set(np.unique(value).tolist()))[:5]}"
@@ -64,7 +71,8 @@ def check_state(state, expected, *, optional=(), strict=True):
         Naming every missing, unexpected or mis-shaped key, and every array
         whose values are not usable state: NaN or Inf, beyond the float32
         range (a float64 ``1e39`` would become ``inf``), a negative count or
-        variance (``cluster_size``, ``*_variance``), or a flag
+        variance (``cluster_size``, ``*_variance`` in use: its
+        ``*_needs_init`` flag is not 1), or a flag
         (``initted``, ``*_needs_init``) other than 0 or 1.
     """
     problems = []
@@ -83,7 +91,7 @@ def check_state(state, expected, *, optional=(), strict=True):
         elif value.dtype.kind not in "fiub":
             problems.append(f"{key} has dtype {value.dtype}, expected numbers")
         else:
-            problem = _value_problem(key, value)
+            problem = _value_problem(key, value, state)
             if problem:
                 problems.append(problem)
     if problems:
