@@ -31,14 +31,14 @@ __all__ = [
 VARIANCE_FLOOR = 1e-5
 
 
-def cluster_stats(x, indices, num_codes, *, mask=None, comm=None):
+def cluster_stats(x, indices, codebook_size, *, mask=None, comm=None):
     """Rows and row sums per code: the seed's ``bins`` and ``embed_sum``.
 
     Parameters
     ----------
     x : ndarray of shape (n_codebooks, n, d)
-    indices : ndarray of int64, shape (n_codebooks, n), values in [0, num_codes)
-    num_codes : int
+    indices : ndarray of int64, shape (n_codebooks, n), values in [0, codebook_size)
+    codebook_size : int
     mask : ndarray of bool, shape (n_codebooks, n), optional
         Rows where False are left out.
     comm : Communicator, optional
@@ -46,8 +46,8 @@ def cluster_stats(x, indices, num_codes, *, mask=None, comm=None):
 
     Returns
     -------
-    counts : ndarray of float32, shape (n_codebooks, num_codes)
-    sums : ndarray of float32, shape (n_codebooks, num_codes, d)
+    counts : ndarray of float32, shape (n_codebooks, codebook_size)
+    sums : ndarray of float32, shape (n_codebooks, codebook_size, d)
     """
     comm = resolve_comm(comm)
     c, n, d = x.shape
@@ -58,7 +58,7 @@ def cluster_stats(x, indices, num_codes, *, mask=None, comm=None):
         segment_sums(np.ascontiguousarray(x[h]), np.ascontiguousarray(indices[h]), row_mask, use_mask,
                      sums.shape[0], sums, counts)
 
-    stats = per_set_statistics(c, num_codes, d, fill)
+    stats = per_set_statistics(c, codebook_size, d, fill)
     comm.allreduce_sum_(stats)
     return stats[..., d].astype(np.float32), stats[..., :d].astype(np.float32)
 

@@ -59,6 +59,8 @@ def check_features(x, dim):
         raise TypeError(f"x must hold floating point values, got dtype {x.dtype}.")
     if x.ndim < 1 or x.shape[-1] != dim:
         raise ValueError(f"x must have shape (..., {dim}) (features last), got {x.shape}.")
+    if not np.isfinite(x).all():
+        raise ValueError("x contains NaN or Inf; remove or impute those values first.")
     return x.astype(np.float32, copy=False)
 
 
@@ -175,6 +177,15 @@ def _linear_init(rng, fan_out, fan_in):
     return weight, rng.uniform(-bound, bound, size=fan_out).astype(np.float32)
 
 
+def decode_implicit(quantizer, table, indices, project_out):
+    """Codes of ``indices`` for an implicit codebook ``table`` (FSQ levels, LFQ bits), projected out."""
+    indices = check_codes_in(indices, quantizer.codebook_size)
+    if not quantizer.keep_num_codebooks_dim:
+        indices = indices[..., None]
+    codes = table.codes(indices).reshape(*indices.shape[:-1], quantizer.inner_dim)
+    return quantizer._out(codes) if project_out else codes
+
+
 class _Levels:
     """Float32 constants of the bound and the mixed-radix basis, as the torch layer derives them."""
 
@@ -259,11 +270,7 @@ class FSQ(Projected):
 
     def decode(self, indices, project_out=True):
         """Codes of ``indices`` (from :meth:`encode`): (..., dim), or (..., codebook dims) without ``project_out``."""
-        indices = check_codes_in(indices, self.codebook_size)
-        if not self.keep_num_codebooks_dim:
-            indices = indices[..., None]
-        codes = self._levels.codes(indices).reshape(*indices.shape[:-1], self.inner_dim)
-        return self._out(codes) if project_out else codes
+        return decode_implicit(self, self._levels, indices, project_out)
 
     def quantize(self, x):
         """``(codes, indices)``: the layer's eval output and indices for ``x`` (..., dim)."""

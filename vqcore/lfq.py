@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fsq import Projected, check_int, check_quantizers, check_codes_in, check_features, resolve_keep_dim
+from .fsq import (Projected, check_codes_in, check_features, check_int, check_quantizers, decode_implicit,
+                  resolve_keep_dim)
 from .io import register
 
 __all__ = ["LFQ", "ResidualLFQ"]
@@ -124,11 +125,7 @@ class LFQ(Projected):
 
     def decode(self, indices, project_out=True):
         """Codes of ``indices``: (..., dim), or (..., codebook dims) without ``project_out``."""
-        indices = check_codes_in(indices, self.codebook_size)
-        if not self.keep_num_codebooks_dim:
-            indices = indices[..., None]
-        codes = self._bits.codes(indices).reshape(*indices.shape[:-1], self.inner_dim)
-        return self._out(codes) if project_out else codes
+        return decode_implicit(self, self._bits, indices, project_out)
 
     def quantize(self, x):
         """``(codes, indices)``: the layer's eval output and indices for ``x`` (..., dim)."""

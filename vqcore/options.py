@@ -39,8 +39,8 @@ def integer(minimum, maximum=None, *, optional=False):
     return check_int
 
 
-def real(low=-math.inf, high=math.inf, *, low_open=False, optional=False):
-    """A check: a finite real number in ``[low, high]`` (``(low, high]`` when ``low_open``)."""
+def real(low=-math.inf, high=math.inf, *, low_open=False, high_open=False, optional=False):
+    """A check: a finite real number in ``[low, high]`` (open at an end when ``low_open``/``high_open``)."""
     def check_real(name, value):
         if value is None and optional:
             return None
@@ -48,8 +48,9 @@ def real(low=-math.inf, high=math.inf, *, low_open=False, optional=False):
             raise TypeError(f"{name} must be a real number{' or None' if optional else ''}; got {value!r}")
         value = float(value)
         below = value <= low if low_open else value < low
-        if not math.isfinite(value) or below or value > high:
-            bounds = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high == math.inf else ']'}"
+        above = value >= high if high_open else value > high
+        if not math.isfinite(value) or below or above:
+            bounds = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open or high == math.inf else ']'}"
             _fail(name, value, f"a finite number in {bounds}")
         return value
     return check_real
@@ -92,13 +93,14 @@ class VQOptions:
     heads: int = option(1, integer(1), "parts each vector is split into, quantized separately")
     separate_codebook_per_head: bool = option(False, flag, "one codebook per head instead of one shared")
     use_cosine_sim: bool = option(False, flag, "unit-normalise inputs and codes and compare by dot product")
-    decay: float = option(0.8, real(0.0, 1.0), "EMA decay of cluster sizes and sums")
+    decay: float = option(0.8, real(0.0, 1.0, high_open=True),
+                          "EMA decay of cluster sizes and sums (< 1: at 1 nothing is ever learnt)")
     eps: float = option(1e-5, real(0.0, low_open=True),
                         "Laplace smoothing of cluster sizes (> 0, or unused codes divide by zero)")
     kmeans_init: Union[bool, str] = option(False, kmeans_init_choice,
                                            "initialise the codes by k-means on the first batch: True (the seed's "
                                            "random rows), 'random' or 'k-means++'")
-    kmeans_iters: int = option(10, integer(0), "Lloyd iterations of that k-means")
+    kmeans_iters: int = option(10, integer(0), "Lloyd iterations of the k-means initialisation")
     threshold_ema_dead_code: float = option(0.0, real(0.0),
                                             "codes whose EMA size falls below this are re-seeded (0: never)")
     reset_cluster_size: Optional[float] = option(None, real(0.0, optional=True),

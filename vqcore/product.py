@@ -15,7 +15,7 @@ from .comm import check_same, resolve_comm
 from .io import register
 from .residual import (
     INIT_POINTS_PER_CLUSTER, MAX_POINTS_PER_CLUSTER, as_rows, check_codes, check_fit_args, code_dtype,
-    codebook_options, fit_ema, load_kmeans_result, usage_summary,
+    codebook_options, fit_ema, load_kmeans_result, refuse_empty_serial, usage_summary,
 )
 from .search import nearest_unchecked
 from .state import check_state, read_npz, to_numpy, write_npz
@@ -151,6 +151,7 @@ class ProductQuantizer:
         codes : ndarray, shape (..., num_subspaces)
         """
         rows, lead = as_rows(x, self.dim)
+        refuse_empty_serial(rows, self.comm)
         self._check_distributed()
         quantize, indices = self._codebook.forward(self._split(rows), training=True, freeze_codebook=freeze_codebook)
         out = quantize.transpose(1, 0, 2).reshape(*lead, self.dim)

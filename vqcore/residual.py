@@ -81,6 +81,12 @@ def check_codes(codes, codebook_size, columns, *, prefix_ok, what="stages"):
     return codes.astype(np.int64, copy=False)
 
 
+def refuse_empty_serial(rows, comm):
+    """A training step on no rows is an error on one process (a rank of a distributed job may hold none)."""
+    if comm.size == 1 and rows.shape[0] == 0:
+        raise ValueError("x has no rows; pass at least one vector")
+
+
 def usage_summary(counts, threshold):
     """Perplexity (exp of the entropy of ``counts`` over the last axis) and codes below ``threshold``."""
     counts = np.asarray(counts, dtype=np.float64)
@@ -427,6 +433,7 @@ class ResidualQuantizer:
         codes : ndarray, shape (..., num_quantizers) or (..., groups, num_quantizers)
         """
         rows, lead = as_rows(x, self.dim)
+        refuse_empty_serial(rows, self.comm)
         self._check_distributed()
         return self._run_stages(rows, lead, training=True, freeze_codebook=freeze_codebook,
                                 sample_codebook_temp=sample_codebook_temp)

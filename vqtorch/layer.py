@@ -177,6 +177,11 @@ class VectorQuantize(nn.Module):
         feature_axis = 1 if (self.accept_image_fmap or (not self.channel_last and x.ndim == 3)) else -1
         if x.shape[feature_axis] != self.dim:
             raise ValueError(f"x has {x.shape[feature_axis]} features on axis {feature_axis}, expected dim={self.dim}.")
+        if x.numel() == 0:
+            raise ValueError(f"x of shape {tuple(x.shape)} holds no vectors; pass at least one.")
+        if self.has_projections and x.dtype != self.project_in.weight.dtype:
+            raise TypeError(f"x has dtype {x.dtype} but the layer's projections are {self.project_in.weight.dtype}: "
+                            "cast x (e.g. x.float()) or the layer (e.g. layer.double()).")
         if not torch.isfinite(x).all():
             raise ValueError("x contains NaN or Inf; remove or impute those values first (the codebook is unchanged).")
         if mask is not None:
@@ -185,7 +190,7 @@ class VectorQuantize(nn.Module):
             if mask.dtype != torch.bool or tuple(mask.shape) != tuple(x.shape[:2]):
                 raise ValueError(f"mask must be a bool tensor of shape {tuple(x.shape[:2])}, "
                                  f"got {mask.dtype} {tuple(mask.shape)}.")
-            if self.training and not mask.any():
+            if not mask.any():
                 raise ValueError("mask is all False: no vector would be quantized or trained on.")
         if indices is not None:
             self._check_indices(indices, allow_ignore=True)

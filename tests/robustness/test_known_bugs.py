@@ -1,4 +1,4 @@
-"""Bugs the property tests found in files outside this suite's owner's; each test fails until fixed."""
+"""Bugs the property tests found: regression tests for the fixed ones, strict xfails for the two still open."""
 import warnings
 
 import numpy as np
@@ -11,8 +11,6 @@ from .helpers import assert_finite_state, call_checked
 DIM = 4
 
 
-@pytest.mark.xfail(strict=True, reason="bug: ResidualQuantizer/ProductQuantizer.partial_fit accept a serial batch "
-                   "of 0 rows and divide by zero counts: every code becomes +-inf (VectorQuantizer refuses it)")
 @pytest.mark.parametrize("kind", ["residual", "product"])
 def test_empty_serial_batch_is_refused_by_stacks(kind):
     with warnings.catch_warnings():
@@ -39,9 +37,6 @@ def test_affine_statistics_beyond_float32_leave_the_state_alone(method):
     assert_finite_state(vq)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the FSQ/LFQ numpy twins (vqcore/fsq.py check_features, used by "
-                   "vqcore/lfq.py) accept NaN input and return a code for it (FSQ 100, LFQ 0) instead of a "
-                   "ValueError; with a projection, Inf input becomes NaN in project_in and gets an arbitrary code")
 @pytest.mark.parametrize("make", ["fsq", "lfq"])
 def test_fsq_lfq_refuse_nan_input(make):
     from vqcore.fsq import FSQ
@@ -54,10 +49,6 @@ def test_fsq_lfq_refuse_nan_input(make):
         q.encode(x)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: vqtorch VectorQuantize/ResidualVQ training on an empty batch "
-                   "(shape (1, 0, dim), both backends) makes _codebook.embed NaN (0/0 after the EMA with no rows) "
-                   "and returns a NaN loss; the seed does the same, but vqcore refuses an empty serial batch "
-                   "up front and vqtorch should too (or leave the codebook as it is)")
 @pytest.mark.parametrize("kind", ["vq-vqcore", "vq-torch", "residual"])
 def test_torch_training_on_an_empty_batch_keeps_the_codebook_finite(kind):
     torch = pytest.importorskip("torch")
@@ -72,10 +63,6 @@ def test_torch_training_on_an_empty_batch_keeps_the_codebook_finite(kind):
     assert_finite_state(layer)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: vqtorch eval on an empty batch with kmeans_init=True on a fresh layer "
-                   "raises RuntimeError ('random_ expects from < to') from the k-means row sampling "
-                   "(vqtorch/backends torch_ops._sample_rows) instead of a ValueError; "
-                   "VectorQuantize eval with an all-False mask fails the same way")
 @pytest.mark.parametrize("kind", ["vq", "residual", "vq-mask"])
 def test_torch_eval_kmeans_on_an_empty_batch_raises_value_error(kind):
     torch = pytest.importorskip("torch")
@@ -112,10 +99,6 @@ def test_residual_vq_in_float16_leaves_the_state_alone(training, opts):
     assert ok
 
 
-@pytest.mark.xfail(strict=True, reason="bug: decay=1.0 is accepted (vqcore/options.py VQOptions.decay, real(0, 1)) "
-                   "but the EMA then never moves cluster_size off 0, and the Laplace-smoothed division makes every "
-                   "code NaN/Inf after the first training step (VectorQuantizer; vqtorch's both backends and "
-                   "ResidualVQ alike; the seed too). Refuse 1.0 (range [0, 1)) or leave the codes unchanged")
 def test_decay_one_keeps_the_codebook_finite():
     x = np.random.default_rng(0).standard_normal((8, DIM)).astype(np.float32)
     vq = None
@@ -129,10 +112,6 @@ def test_decay_one_keeps_the_codebook_finite():
     assert_finite_state(vq)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: vqtorch VectorQuantize with a projection (heads=2, codebook_dim=dim) "
-                   "takes float64 (or float16) input and fails in project_in with RuntimeError 'mat1 and mat2 must have the same "
-                   "dtype' (vqtorch/layer.py _check_input accepts the dtype); cast to the projection's dtype or "
-                   "raise TypeError up front (the seed raises the same RuntimeError)")
 @pytest.mark.parametrize("dtype", ["float64", "float16"])
 def test_torch_projection_with_float64_input_is_not_a_runtime_error(dtype):
     torch = pytest.importorskip("torch")

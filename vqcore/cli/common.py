@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import fields
 
+from .. import options
 from . import data
 
 PROG = "vqcore"
@@ -33,17 +35,18 @@ def int_at_least(minimum):
     return parse
 
 
-def float_in(lo, hi, *, closed_hi=False):
-    """An argparse type: a number in ``[lo, hi)`` (or ``[lo, hi]``)."""
-    def parse(text):
+def add_option(parser, flag, name, *, metavar, parse=float, default=None):
+    """A flag for one option of :class:`vqcore.options.VQOptions`: its check, default and doc come from the table."""
+    def check(text):
         try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not (lo <= value < hi or (closed_hi and value == hi)):
-            raise argparse.ArgumentTypeError(f"{value} must lie in [{lo}, {hi}{']' if closed_hi else ')'}")
-        return value
-    return parse
+            return options.check(name, parse(text))
+        except (TypeError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(str(exc).replace(f"{name}=", f"{flag} ")) from None
+
+    field = next(f for f in fields(options.VQOptions) if f.name == name)
+    default = field.default if default is None else default
+    shown = "" if default is None else f" (default {default:g})"
+    parser.add_argument(flag, type=check, default=default, metavar=metavar, help=field.metadata["doc"] + shown)
 
 
 def add_common(parser):

@@ -9,7 +9,7 @@ import numpy as np
 from .. import metrics
 from ..quantizer import VectorQuantizer
 from . import data, kinds
-from .common import DATA_HELP, EVAL_CHUNK_VALUES, PROG, UsageError, add_common, float_in, int_at_least
+from .common import DATA_HELP, EVAL_CHUNK_VALUES, PROG, UsageError, add_common, add_option, int_at_least
 from .mpi import agree, shared_seed, world_comm
 
 
@@ -23,17 +23,14 @@ def add_parser(sub):
                      help="number of codes (per stage or subspace); required except with --fsq")
     fit.add_argument("-o", "--output", required=True, metavar="CODEBOOK.npz", help="codebook file to write (.npz)")
     fit.add_argument("--cosine", action="store_true", help="unit-normalise and compare by dot product")
-    fit.add_argument("--heads", type=int_at_least(1), default=1, metavar="H",
-                     help="split vectors into H parts sharing a codebook")
+    add_option(fit, "--heads", "heads", metavar="H", parse=int)
     fit.add_argument("--codebook-dim", type=int_at_least(1), metavar="D", help="dims per head (must be dim // heads)")
-    fit.add_argument("--kmeans-iters", type=int_at_least(0), default=10, metavar="N",
-                     help="k-means iterations (default 10)")
+    add_option(fit, "--kmeans-iters", "kmeans_iters", metavar="N", parse=int)
     fit.add_argument("--epochs", type=int_at_least(1), default=1, metavar="E", help="passes over the data (default 1)")
     fit.add_argument("--batch-size", type=int_at_least(1), default=4096, metavar="B",
                      help="vectors per step and rank (default 4096)")
-    fit.add_argument("--decay", type=float_in(0.0, 1.0), default=0.8, metavar="DECAY", help="EMA decay (default 0.8)")
-    fit.add_argument("--dead-code-threshold", type=float_in(0.0, float("inf")), default=0.0, metavar="T",
-                     help="re-seed codes whose EMA size falls below this (default 0: never)")
+    add_option(fit, "--decay", "decay", metavar="DECAY")
+    add_option(fit, "--dead-code-threshold", "threshold_ema_dead_code", metavar="T")
     fit.add_argument("--seed", type=int_at_least(0), metavar="S", help="random seed (default: fresh randomness)")
     kinds.add_arguments(fit)
     add_common(fit)

@@ -166,6 +166,15 @@ def prepare_row(x, r, mu, scale, cosine, limit, out):
 
 
 @jit(inline="always")
+def prepare_block(x, start, mu, scale, cosine, limit, vblock, norms, row_scales, statuses):
+    """:func:`prepare_row` for rows ``start .. start + len(vblock)``; rows answered directly get zeros."""
+    for i in range(vblock.shape[0]):
+        norms[i], row_scales[i], statuses[i] = prepare_row(x, start + i, mu, scale, cosine, limit, vblock[i])
+        if statuses[i] != 0:
+            vblock[i, :] = 0  # keep the scores finite; the row is answered by the direct form
+
+
+@jit(inline="always")
 def finish_row(x, r, codebook, scores_row, bias, bound, row_scale, status, scale, cosine,
                indices, dist, candidates, record):
     """Select the certified nearest code of row ``r`` from its fast scores (fills the OUT arrays).
@@ -254,10 +263,7 @@ def certified_assign(x, codebook, mu, scale, cosine, codes_t, bias, coefs, limit
             m = min(n, start + rows) - start
             vblock = vslabs[t][: m * d].reshape((m, d))
             block = sslabs[t][: m * k].reshape((m, k))
-            for i in range(m):
-                norms[i], row_scales[i], statuses[i] = prepare_row(x, start + i, mu, scale, cosine, limit, vblock[i])
-                if statuses[i] != 0:
-                    vblock[i, :] = 0  # keep the GEMM finite; the row is answered directly
+            prepare_block(x, start, mu, scale, cosine, limit, vblock, norms, row_scales, statuses)
             np.dot(vblock, codes_t, block)
             for i in range(m):
                 r = start + i

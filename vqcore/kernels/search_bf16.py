@@ -15,7 +15,7 @@ from numba import prange
 
 from .._config import jit
 from .bf16 import _dot_block_impl, bf16_round, to_bf16_pairs
-from .search import add_row_stats, finish_row, prepare_row, row_bound
+from .search import add_row_stats, finish_row, prepare_block, row_bound
 
 
 @jit(inline="always")
@@ -60,10 +60,7 @@ def certified_assign_bf16(x, codebook, mu, scale, cosine, b_packed, bias, coefs,
             vblock = vslabs[t][: m * d].reshape((m, d))
             pairs = pslabs[t][: m * half].reshape((m, half))
             block = sslabs[t][: m * k].reshape((m, k))
-            for i in range(m):
-                norms[i], row_scales[i], statuses[i] = prepare_row(x, start + i, mu, scale, cosine, limit, vblock[i])
-                if statuses[i] != 0:
-                    vblock[i, :] = 0  # keep the scores finite; the row is answered directly
+            prepare_block(x, start, mu, scale, cosine, limit, vblock, norms, row_scales, statuses)
             to_bf16_pairs(vblock, pairs)
             rounded = bf16_round(vblock)
             _dot_block_impl(pairs, 0, m, b_packed, k, block, emulate)

@@ -25,7 +25,7 @@ class Backend(Protocol):
     def nearest(self, x, embed, *, metric):
         """Index of the nearest code: x (c, n, d), embed (c, k, d) -> (c, n) int64."""
 
-    def cluster_stats(self, x, indices, num_codes, mask=None):
+    def cluster_stats(self, x, indices, codebook_size, mask=None):
         """This process's counts (c, k) and sums (c, k, d) per code."""
 
     def ema_update_(self, cluster_size, embed_avg, embed, counts, sums, *, decay, eps, metric):

@@ -156,14 +156,14 @@ class TorchBackend:
         return out
 
     @torch.no_grad()
-    def cluster_stats(self, x, indices, num_codes, mask=None):
+    def cluster_stats(self, x, indices, codebook_size, mask=None):
         """Per-code counts and vector sums (the seed's ``bins`` and ``embed_sum``), local to this process.
 
         Parameters
         ----------
         x : Tensor of shape (c, n, d), float32
         indices : Tensor of shape (c, n), int64
-        num_codes : int
+        codebook_size : int
         mask : Tensor of shape (c, n), bool, optional
             Rows where False are left out.
 
@@ -174,12 +174,12 @@ class TorchBackend:
         """
         c, n, d = x.shape
         weight = torch.ones(c, n, dtype=x.dtype, device=x.device) if mask is None else mask.to(x.dtype)
-        counts = x.new_zeros(c, num_codes).scatter_add_(1, indices, weight)
+        counts = x.new_zeros(c, codebook_size).scatter_add_(1, indices, weight)
         if mask is not None:
             x = torch.where(mask.unsqueeze(-1), x, x.new_zeros(()))
-        flat_index = (indices + torch.arange(c, device=x.device).unsqueeze(1) * num_codes).reshape(-1)
-        sums = x.new_zeros(c * num_codes, d).index_add_(0, flat_index, x.reshape(-1, d))
-        return counts, sums.view(c, num_codes, d)
+        flat_index = (indices + torch.arange(c, device=x.device).unsqueeze(1) * codebook_size).reshape(-1)
+        sums = x.new_zeros(c * codebook_size, d).index_add_(0, flat_index, x.reshape(-1, d))
+        return counts, sums.view(c, codebook_size, d)
 
     @torch.no_grad()
     def ema_update_(self, cluster_size, embed_avg, embed, counts, sums, *, decay, eps, metric):

@@ -47,9 +47,9 @@ class VqcoreBackend:
         return torch.ops.vqcore.nearest(x.detach(), embed.detach(), metric == "cosine")
 
     @torch.no_grad()
-    def cluster_stats(self, x, indices, num_codes, mask=None):
+    def cluster_stats(self, x, indices, codebook_size, mask=None):
         """Local per-code counts (c, k) and sums (c, k, d), float32 tensors."""
-        counts, sums = vqcore.ema.cluster_stats(_np(x), _np(indices), num_codes,
+        counts, sums = vqcore.ema.cluster_stats(_np(x), _np(indices), codebook_size,
                                                 mask=None if mask is None else _np(mask))
         return torch.from_numpy(np.ascontiguousarray(counts, dtype=np.float32)), \
             torch.from_numpy(np.ascontiguousarray(sums, dtype=np.float32))
