@@ -94,6 +94,11 @@ class Projected:
     def __repr__(self):
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config.items())})"
 
+    def quantize(self, x):
+        """``(codes, indices)``: the layer's eval output and indices for ``x`` (..., dim)."""
+        indices = self.encode(x)
+        return self.decode(indices), indices
+
     def __init__(self, dim, inner_dim, seed=None):
         self.dim = dim
         self.inner_dim = inner_dim
@@ -271,11 +276,6 @@ class FSQ(Projected):
     def decode(self, indices, project_out=True):
         """Codes of ``indices`` (from :meth:`encode`): (..., dim), or (..., codebook dims) without ``project_out``."""
         return decode_implicit(self, self._levels, indices, project_out)
-
-    def quantize(self, x):
-        """``(codes, indices)``: the layer's eval output and indices for ``x`` (..., dim)."""
-        indices = self.encode(x)
-        return self.decode(indices), indices
 
 
 @register("ResidualFSQ")

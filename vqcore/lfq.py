@@ -127,11 +127,6 @@ class LFQ(Projected):
         """Codes of ``indices``: (..., dim), or (..., codebook dims) without ``project_out``."""
         return decode_implicit(self, self._bits, indices, project_out)
 
-    def quantize(self, x):
-        """``(codes, indices)``: the layer's eval output and indices for ``x`` (..., dim)."""
-        indices = self.encode(x)
-        return self.decode(indices), indices
-
 
 @register("ResidualLFQ")
 class ResidualLFQ(Projected):
