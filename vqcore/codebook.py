@@ -288,14 +288,17 @@ class EuclideanCodebook(_EMACodebook):
         """Running codebook (training only) and batch statistics, as the seed keeps them."""
         if not self.affine_param:
             return
+        comm = self.comm if self.sync_affine_param else None
+        stats = ema.batch_stats(x, mask, comm=comm)  # first: a batch it refuses must change nothing
+        if stats is not None and not all(np.isfinite(part).all() for part in stats):
+            raise ValueError("x's mean or variance overflows float32 (values around 1e19 or beyond): rescale "
+                             "the data before quantizing it with affine_param=True")
         if training:
             embed64 = self.embed.astype(np.float64)
             mean = embed64.mean(axis=1, keepdims=True).astype(np.float32)
             var = embed64.var(axis=1, keepdims=True).astype(np.float32)
             self.codebook_mean = self._decayed("codebook_mean", mean, self.affine_param_codebook_decay)
             self.codebook_variance = self._decayed("codebook_variance", var, self.affine_param_codebook_decay)
-        comm = self.comm if self.sync_affine_param else None
-        stats = ema.batch_stats(x, mask, comm=comm)
         if stats is None:  # no rows (here, or on every rank): the running statistics stay as they are
             return
         mean, var = stats

@@ -301,13 +301,16 @@ class VectorQuantizer:
         batch_size = _validate.positive_int("batch_size", batch_size)
         epochs = _validate.positive_int("epochs", epochs)
         self._warn_if_untrained_projections()
-        for _ in range(epochs):
-            batches = self._batches(x, batch_size, shuffle)
-            with tqdm(batches, disable=not progress, unit="batch", leave=False) as bar:
-                for batch in bar:
+        total = epochs * len(x) if hasattr(x, "shape") else None  # vectors, when known
+        with tqdm(total=total, disable=not progress, unit="vec", unit_scale=True, desc="fit") as bar:
+            for _ in range(epochs):
+                for batch in self._batches(x, batch_size, shuffle):
                     self.partial_fit(batch)
-                    if progress:
-                        bar.set_postfix(perplexity=f"{self.usage()['perplexity']:.1f}")
+                    bar.update(len(batch))  # after the step, so the bar never runs ahead of the work
+                    bar.set_postfix(perplexity=f"{self.usage()['perplexity']:.1f}", refresh=False)
+            if progress:
+                bar.write(f"fit: {bar.n} vectors in {bar.format_dict['elapsed']:.3g} s, "
+                          f"codebook perplexity {self.usage()['perplexity']:.4g} of {self.codebook_size}")
         return self
 
     def _batches(self, x, batch_size, shuffle):
