@@ -322,14 +322,19 @@ class ResidualFSQ(Projected):
 
     def decode(self, indices):
         """Sum of the scaled codes of ``indices`` (..., q <= num_quantizers), -1 = dropped; then ``project_out``."""
-        indices = check_quantizers(indices, self.num_quantizers)
-        indices = check_codes_in(indices, self.codebook_size, allow_dropped=True)
-        total = np.zeros(indices.shape[:-1] + (self.inner_dim,), dtype=np.float32)
-        for q in range(indices.shape[-1]):
-            kept = indices[..., q] >= 0
-            codes = self._levels.codes(np.where(kept, indices[..., q], 0)) * self.scales[q]
-            total += np.where(kept[..., None], codes, np.float32(0))
-        return self._out(total)
+        return decode_stages(self, indices, lambda q, idx: self._levels.codes(idx) * self.scales[q])
+
+
+def decode_stages(quantizer, indices, stage_codes):
+    """Sum over the stages given of ``stage_codes(q, indices)`` (-1 = a dropped stage adds nothing), projected out."""
+    indices = check_quantizers(indices, quantizer.num_quantizers)
+    indices = check_codes_in(indices, quantizer.codebook_size, allow_dropped=True)
+    total = np.zeros(indices.shape[:-1] + (quantizer.inner_dim,), dtype=np.float32)
+    for q in range(indices.shape[-1]):
+        kept = indices[..., q] >= 0
+        codes = stage_codes(q, np.where(kept, indices[..., q], 0))
+        total += np.where(kept[..., None], codes, np.float32(0))
+    return quantizer._out(total)
 
 
 def check_quantizers(indices, num_quantizers):

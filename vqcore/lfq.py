@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fsq import (Projected, check_codes_in, check_features, check_int, check_quantizers, decode_implicit,
-                  resolve_keep_dim)
+from .fsq import Projected, check_features, check_int, decode_implicit, decode_stages, resolve_keep_dim
 from .io import register
 
 __all__ = ["LFQ", "ResidualLFQ"]
@@ -170,11 +169,4 @@ class ResidualLFQ(Projected):
 
     def decode(self, indices):
         """Sum of the codes of ``indices`` (..., q <= num_quantizers), -1 = dropped; then ``project_out``."""
-        indices = check_quantizers(indices, self.num_quantizers)
-        indices = check_codes_in(indices, self.codebook_size, allow_dropped=True)
-        total = np.zeros(indices.shape[:-1] + (self.inner_dim,), dtype=np.float32)
-        for q in range(indices.shape[-1]):
-            kept = indices[..., q] >= 0
-            codes = self._layers[q].codes(np.where(kept, indices[..., q], 0))
-            total += np.where(kept[..., None], codes, np.float32(0))
-        return self._out(total)
+        return decode_stages(self, indices, lambda q, idx: self._layers[q].codes(idx))

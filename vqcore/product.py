@@ -15,10 +15,10 @@ from .comm import check_same, resolve_comm
 from .io import register
 from .residual import (
     INIT_POINTS_PER_CLUSTER, MAX_POINTS_PER_CLUSTER, as_rows, check_codes, check_fit_args, code_dtype,
-    codebook_options, fit_ema, load_kmeans_result, refuse_empty_serial, usage_summary,
+    codebook_options, fit_ema, load_file, load_kmeans_result, refuse_empty_serial, usage_summary,
 )
 from .search import nearest_unchecked
-from .state import check_state, read_npz, to_numpy, write_npz
+from .state import check_state, to_numpy, write_npz
 
 __all__ = ["ProductQuantizer"]
 
@@ -224,11 +224,8 @@ class ProductQuantizer:
     @classmethod
     def load(cls, path, *, seed=None, comm=None):
         """Read a quantizer written by :meth:`save` (see also :func:`vqcore.load`)."""
-        config, state = read_npz(path, kind="ProductQuantizer")
-        unknown = set(config) - {"dim", "codebook_size", "num_subspaces", *codebook_options({})}
-        if unknown:
-            raise ValueError(f"{path}: unknown configuration keys {sorted(unknown)}; written by a newer vqcore?")
-        return cls(**config, seed=seed, comm=comm).load_state_dict(state)
+        known = {"dim", "codebook_size", "num_subspaces", *codebook_options({})}
+        return load_file(cls, path, "ProductQuantizer", known, seed=seed, comm=comm)
 
     def __repr__(self):
         return (f"ProductQuantizer(dim={self.dim}, codebook_size={self.codebook_size}, "

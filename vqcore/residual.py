@@ -81,6 +81,15 @@ def check_codes(codes, codebook_size, columns, *, prefix_ok, what="stages"):
     return codes.astype(np.int64, copy=False)
 
 
+def load_file(cls, path, kind, known, *, seed, comm):
+    """``cls`` rebuilt from a ``kind`` file: its configuration (only ``known`` keys), then its state."""
+    config, state = read_npz(path, kind=kind)
+    unknown = set(config) - set(known)
+    if unknown:
+        raise ValueError(f"{path}: unknown configuration keys {sorted(unknown)}; written by a newer vqcore?")
+    return cls(**config, seed=seed, comm=comm).load_state_dict(state)
+
+
 def refuse_empty_serial(rows, comm):
     """A training step on no rows is an error on one process (a rank of a distributed job may hold none)."""
     if comm.size == 1 and rows.shape[0] == 0:
@@ -636,13 +645,9 @@ class ResidualQuantizer:
     @classmethod
     def load(cls, path, *, seed=None, comm=None):
         """Read a quantizer written by :meth:`save` (see also :func:`vqcore.load`)."""
-        config, state = read_npz(path, kind="ResidualQuantizer")
         known = {"dim", "codebook_size", "num_quantizers", "codebook_dim", "shared_codebook", "use_cosine_sim",
                  "beam_size", "groups", *CODEBOOK_DEFAULTS}
-        unknown = set(config) - known
-        if unknown:
-            raise ValueError(f"{path}: unknown configuration keys {sorted(unknown)}; written by a newer vqcore?")
-        return cls(**config, seed=seed, comm=comm).load_state_dict(state)
+        return load_file(cls, path, "ResidualQuantizer", known, seed=seed, comm=comm)
 
     def _warn_if_untrained_projections(self):
         if self.has_projections and not self._projections_trained:
