@@ -135,6 +135,30 @@ def test_residual_vq_matches_seed(backend, name, kwargs, layout, fwd):
         _eval_decode_matches(ref, ours, inputs[1], {"mask": fwd["mask"]} if "mask" in fwd else None)
 
 
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("train", [True, False])
+def test_half_precision_residuals_are_float32_as_in_the_seed(backend, dtype, train):
+    """The seed's codebooks return float32, so its residuals are float32 after stage 0: same indices,
+    losses and state here; the output comes back in the input's dtype (as VectorQuantize's does)."""
+    ref, ours = _pair(SeedResidualVQ, ResidualVQ, backend, dim=DIM, num_quantizers=Q, codebook_size=K)
+    # Codes far beyond float16's range: float16 residuals would overflow to inf after stage 0.
+    with torch.no_grad():
+        for module in (ref, ours):
+            for layer in module.layers:
+                layer._codebook.embed.mul_(1e5)
+    x = (torch.randn(2, 24, DIM) * 1e4).to(dtype)
+    ref.train(train)
+    ours.train(train)
+    ref_q, ref_ind, ref_loss = ref(x)
+    our_q, our_ind, our_loss = ours(x)
+    assert our_q.dtype == dtype and ref_q.dtype == torch.float32
+    torch.testing.assert_close(our_ind, ref_ind, rtol=0, atol=0)
+    torch.testing.assert_close(our_q, ref_q.to(dtype), rtol=0, atol=0)
+    torch.testing.assert_close(our_loss, ref_loss, rtol=1e-5, atol=0)
+    assert_state_equal(ref, ours, **(_tol(backend) or {}))
+
+
 # Randomised options: k-means seeds, dead-code rows and gumbel noise drawn by torch in the seed's order.
 RANDOM_CASES = [
     ("kmeans-init", dict(kmeans_init=True, kmeans_iters=3)),

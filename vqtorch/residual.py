@@ -366,14 +366,19 @@ class ResidualVQ(ResidualBase):
         self._check_forward(x, indices)
         return_loss = indices is not None
         x = self.project_in(x)
+        dtype = x.dtype
+        # The stages run and sum in at least float32, as the seed's do (its codebooks return float32,
+        # so its residuals are float32 after stage 0); float16 residuals of large codes overflow.
+        x = x.to(torch.promote_types(dtype, torch.float32))
         last = self._last_stage(self.training and not return_loss, rand_quantize_dropout_fixed_seed)
         layer_kwargs = dict(mask=mask, sample_codebook_temp=sample_codebook_temp, freeze_codebook=freeze_codebook)
         stages = [partial(layer, indices=indices[..., q] if return_loss else None, **layer_kwargs)
                   for q, layer in enumerate(self.layers)]
         quantized, extras = residual_loop(x, stages, last)
+        quantized = quantized.to(dtype)
         if return_loss:
             return self.project_out(quantized), sum(ce for ce, in extras)
-        null_loss = torch.zeros(1, device=x.device, dtype=x.dtype)
+        null_loss = torch.zeros(1, device=x.device, dtype=dtype)
         return self._stack_outputs(quantized, extras, null_loss=null_loss, return_all_codes=return_all_codes)
 
 
