@@ -176,3 +176,10 @@ def test_bad_env_count_names_the_variable(monkeypatch):
     monkeypatch.setenv("VQCORE_NUM_THREADS", "many")
     with pytest.raises(ValueError, match="VQCORE_NUM_THREADS='many'"):
         _threads.configure_threads()
+
+
+@pytest.mark.parametrize("timeout,error", [(0, ValueError), (-1.0, ValueError), (float("inf"), ValueError),
+                                           (float("nan"), ValueError), ("10", TypeError), (True, TypeError)])
+def test_mpicomm_timeout_must_be_positive_seconds(timeout, error):
+    with pytest.raises(error, match="timeout"):
+        MPIComm(timeout=timeout)

@@ -18,6 +18,23 @@ def test_collectives_and_sampling_match_serial(ranks):
 
 
 @pytest.mark.parametrize("ranks", [2, 3])
+def test_collective_timeout_ends_a_job_whose_rank_stopped_early(ranks):
+    start = time.perf_counter()
+    result = run_mpi("early_finish.py", ranks, "2", timeout=60)
+    elapsed = time.perf_counter() - start
+    assert result.returncode != 0, describe(result)
+    assert "CollectiveTimeout" in result.stderr and "waited 2 s in allreduce_sum_" in result.stderr, describe(result)
+    assert "same number of partial_fit steps" in result.stderr
+    assert f"finished: rank {ranks - 1}" in result.stdout  # the rank that stopped early
+    assert elapsed < 30, f"the job took {elapsed:.1f} s to end"
+
+
+def test_collective_timeout_lets_matching_ranks_finish():
+    result = run_mpi("collectives.py", 2, env={"VQCORE_TEST_TIMEOUT": "30"})
+    assert result.returncode == 0, describe(result)
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
 def test_failing_rank_ends_the_job_quickly(ranks):
     start = time.perf_counter()
     result = run_mpi("fail.py", ranks, timeout=60)

@@ -9,7 +9,7 @@ from . import ema
 from ._threads import configure_threads
 from .cluster import kmeans, kmeans_plusplus
 from .codebook import CosineSimCodebook, EuclideanCodebook
-from .comm import Communicator, MPIComm, SerialComm, check_same
+from .comm import CollectiveTimeout, Communicator, MPIComm, SerialComm, check_same
 from .fsq import FSQ, ResidualFSQ
 from .io import load
 from .lfq import LFQ, ResidualLFQ
@@ -25,7 +25,7 @@ __all__ = [
     "VectorQuantizer", "ResidualQuantizer", "ProductQuantizer", "FSQ", "LFQ", "ResidualFSQ", "ResidualLFQ",
     "load", "nearest", "distances", "kmeans", "kmeans_plusplus",
     "EuclideanCodebook", "CosineSimCodebook", "ema",
-    "Communicator", "SerialComm", "MPIComm", "check_same", "configure_threads",
+    "Communicator", "SerialComm", "MPIComm", "CollectiveTimeout", "check_same", "configure_threads",
     "gumbel_sample", "sample_multinomial", "sample_vectors", "sample_vectors_distributed",
     "__version__",
 ]

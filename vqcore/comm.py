@@ -13,12 +13,22 @@ on every rank from data spread over ranks (k-means seeding, dead-code replacemen
 """
 from __future__ import annotations
 
+import math
+import time
+
 import numpy as np
 
 from . import _validate
 from ._optional import MissingDependencyError, require
 
-__all__ = ["Communicator", "SerialComm", "MPIComm", "resolve_comm", "check_same"]
+__all__ = ["Communicator", "SerialComm", "MPIComm", "CollectiveTimeout", "resolve_comm", "check_same"]
+
+#: Longest sleep between two polls of a pending barrier when a timeout is set (seconds).
+_MAX_POLL_SLEEP = 0.01
+
+
+class CollectiveTimeout(TimeoutError):
+    """A rank waited longer than ``MPIComm(timeout=...)`` for the others to join a collective."""
 
 
 class Communicator:
@@ -177,6 +187,18 @@ def _import_mpi():
                                      'pip install "vqcore[mpi]" or point mpi4py at your site MPI') from None
 
 
+def _check_timeout(timeout):
+    """``timeout`` as a positive finite float, or None."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.integer, np.floating)):
+        raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"timeout must be a positive, finite number of seconds (or None to wait forever), "
+                         f"got {timeout}")
+    return float(timeout)
+
+
 def _check_buffer(array, what):
     """Validate an array handed to an in-place MPI collective."""
     if not isinstance(array, np.ndarray):
@@ -202,6 +224,13 @@ class MPIComm(Communicator):
         keeps a ``Dup()`` of it, so its messages never match the caller's own
         point-to-point traffic.  Building an ``MPIComm`` is collective: every
         rank of ``comm`` must build one.
+    timeout : float or None
+        Seconds a rank may wait for the others to reach a collective before
+        :class:`CollectiveTimeout` is raised (None: wait forever, as MPI does).
+        A rank that makes fewer ``partial_fit`` steps than the others, or
+        stops early, otherwise leaves them blocked for good.  Each collective
+        is then preceded by a non-blocking barrier polled until the deadline,
+        which costs one extra round of latency per call.
 
     Raises
     ------
@@ -209,6 +238,8 @@ class MPIComm(Communicator):
         If mpi4py or an MPI library is missing (install ``vqcore[mpi]``).
     TypeError
         If ``comm`` is not an mpi4py intracommunicator.
+    ValueError
+        If ``timeout`` is not a positive, finite number of seconds.
 
     Notes
     -----
@@ -216,12 +247,15 @@ class MPIComm(Communicator):
     ``MPI.IN_PLACE`` where the operation is in place.  Launch jobs with
     ``mpiexec -n N python -m mpi4py script.py``: an uncaught exception on one
     rank then aborts every rank instead of leaving the others waiting in a
-    collective.  Building the first ``MPIComm`` also sets the number of
+    collective; so does :class:`CollectiveTimeout`, once the deadline
+    passes, which makes a stuck job end with a message naming the rank and
+    the call.  Building the first ``MPIComm`` also sets the number of
     numba/torch/BLAS threads for ranks sharing a node (see
     :func:`vqcore._threads.configure_threads`).
     """
 
-    def __init__(self, comm=None):
+    def __init__(self, comm=None, *, timeout=None):
+        self.timeout = _check_timeout(timeout)
         MPI = _import_mpi()
         if comm is None:
             comm = MPI.COMM_WORLD
@@ -234,12 +268,33 @@ class MPIComm(Communicator):
         self.mpi_comm = comm.Dup()
         self.rank = self.mpi_comm.Get_rank()
         self.size = self.mpi_comm.Get_size()
+        self._collectives = 0  # calls so far, named in timeout messages
         from ._threads import configure_threads_once
 
         configure_threads_once()
 
+    def _join(self, what):
+        """Wait (at most ``timeout`` seconds) until every rank has reached this collective."""
+        self._collectives += 1
+        if self.timeout is None:
+            return
+        request = self.mpi_comm.Ibarrier()
+        deadline = time.monotonic() + self.timeout
+        pause = 1e-5
+        while not request.Test():
+            if time.monotonic() > deadline:
+                raise CollectiveTimeout(
+                    f"rank {self.rank} of {self.size} waited {self.timeout:g} s in {what} (collective call "
+                    f"#{self._collectives} on this rank) and the other ranks did not join: every rank must "
+                    "make the same calls, e.g. the same number of partial_fit steps. Under "
+                    "`python -m mpi4py` this error aborts the whole job."
+                )
+            time.sleep(pause)
+            pause = min(2 * pause, _MAX_POLL_SLEEP)
+
     def allreduce_sum_(self, array):
         _check_buffer(array, "MPIComm.allreduce_sum_")
+        self._join("allreduce_sum_")
         self.mpi_comm.Allreduce(self._MPI.IN_PLACE, array, op=self._MPI.SUM)
         return array
 
@@ -247,6 +302,7 @@ class MPIComm(Communicator):
         _check_buffer(array, "MPIComm.bcast_")
         if not 0 <= root < self.size:
             raise ValueError(f"root={root} is not a rank of this {self.size}-process communicator")
+        self._join("bcast_")
         self.mpi_comm.Bcast(array, root=root)
         return array
 
@@ -261,6 +317,7 @@ class MPIComm(Communicator):
             )
         # One small object gather gives every rank the row counts and lets all
         # of them raise the same error when trailing shapes or dtypes differ.
+        self._join("allgatherv")
         headers = self.mpi_comm.allgather((array.shape[0], array.shape[1:], np.dtype(array.dtype).name))
         rows = check_gather_headers(headers)
         out = np.empty((sum(rows),) + array.shape[1:], dtype=array.dtype)
@@ -271,6 +328,7 @@ class MPIComm(Communicator):
         return out
 
     def allgather_object(self, obj):
+        self._join("allgather_object")
         return self.mpi_comm.allgather(obj)
 
     def free(self) -> None:

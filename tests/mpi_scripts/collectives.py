@@ -15,7 +15,9 @@ from shards import expect_error, my_shard, shard_rows
 from vqcore.comm import MPIComm, check_same
 from vqcore.sampling import sample_vectors_distributed
 
-comm = MPIComm()
+# With VQCORE_TEST_TIMEOUT set, every collective below also runs behind the timeout's barrier.
+timeout = os.environ.get("VQCORE_TEST_TIMEOUT")
+comm = MPIComm(timeout=None if timeout is None else float(timeout))
 rank, size = comm.rank, comm.size
 world = MPI.COMM_WORLD
 
