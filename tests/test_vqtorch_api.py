@@ -222,3 +222,16 @@ def test_half_model_keeps_float32_codebook(backend):
     codes = ref._codebook.embed[0]
     expected = torch.cdist(z, codes, compute_mode="donot_use_mm_for_euclid_dist").argmin(-1)
     torch.testing.assert_close(ind.reshape(-1), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_finite_check_is_exact_when_the_sum_overflows(dtype):
+    from vqtorch.layer import all_finite
+
+    big = torch.full((64,), torch.finfo(dtype).max / 2, dtype=dtype)  # finite, but the sum overflows
+    assert all_finite(big)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = big.clone()
+        x[17] = bad
+        assert not all_finite(x)
+        assert not all_finite(torch.where(torch.arange(64) == 5, torch.tensor(bad, dtype=dtype), torch.zeros((), dtype=dtype)))
