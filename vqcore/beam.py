@@ -1,12 +1,51 @@
-"""Beam search over the stages of a residual quantizer (the drivers; the kernel is in kernels/beam.py)."""
+"""Encoding over the stages of a residual quantizer: greedy and beam search (the drivers; kernels in kernels/beam.py)."""
 from __future__ import annotations
 
 import numpy as np
 
+from ._config import num_threads, single_threaded_blas
+from .kernels import beam as kernels
 from .kernels.beam import beam_step
+from .search import check_rows, plan
+
+#: Bytes of a greedy block's residuals and scores, kept through all stages: near a core's L2 cache, and few
+#: enough blocks that the per-call cost of the GEMM stays small.
+GREEDY_BLOCK_BYTES = 512 << 10
 
 #: Rows encoded at once by the beam search (bounds its (rows, beam, codes) scores).
 BEAM_CHUNK_ROWS = 2048
+
+
+def greedy_encode(z, embeds):
+    """Greedy residual encoding (euclidean): each stage takes the certified nearest code of the residual.
+
+    The residual is float32 (``z`` minus the chosen codes, stage by stage)
+    and each stage's code minimises its float64 distance, ties to the
+    lowest index, exactly as :func:`vqcore.search.nearest` on that residual.
+    All stages run on one block of rows before the next block.
+
+    Parameters
+    ----------
+    z : ndarray of float32, shape (n, d), C-contiguous
+    embeds : ndarray of float32, shape (stages, k, d)
+
+    Returns
+    -------
+    ndarray of int64, shape (n, stages)
+    """
+    n, d = z.shape
+    stages, k = embeds.shape[:2]
+    plans = [plan(embeds[i], "euclidean", "fp32") for i in range(stages)]
+    threads = num_threads()
+    rows = max(16, min(1024, GREEDY_BLOCK_BYTES // ((k + 2 * d) * 4), -(-n // threads)))
+    codes = np.empty((n, stages), dtype=np.int64)
+    if n:
+        with single_threaded_blas():
+            kernels.greedy_encode(z, embeds, np.stack([p.mu for p in plans]), np.array([p.scale for p in plans]),
+                                  np.stack([p.operand for p in plans]), np.stack([p.bias for p in plans]),
+                                  np.stack([p.coefs for p in plans]), plans[0].limit, rows, threads, codes)
+    check_rows(z, codes)
+    return codes
 
 
 def beam_encode(z, embeds, beam_size):

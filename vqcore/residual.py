@@ -14,7 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _validate
-from .beam import beam_encode, beam_extend, beam_start, beam_tables
+from .beam import beam_encode, beam_extend, beam_start, beam_tables, greedy_encode
 from .cluster import kmeans
 from .codebook import CosineSimCodebook, EuclideanCodebook
 from .comm import check_same, resolve_comm
@@ -493,13 +493,20 @@ class ResidualQuantizer:
             embeds = self._embeds(g)
             if beam > 1:
                 codes[:, g] = beam_encode(z, embeds, beam)
-                continue
-            residual = z
-            for i in range(self.num_quantizers):
-                data = l2_normalize(residual) if self.use_cosine_sim else residual
-                codes[:, g, i] = self._assign(np.ascontiguousarray(data), embeds[i])
-                residual = residual - embeds[i][codes[:, g, i]]
+            elif self.use_cosine_sim:
+                codes[:, g] = self._encode_cosine(z, embeds)
+            else:
+                codes[:, g] = greedy_encode(z, embeds)
         return self._shape_codes(codes, lead)
+
+    def _encode_cosine(self, z, embeds):
+        """Greedy codes of cosine stages: each stage searches the l2-normalised residual."""
+        codes = np.empty((z.shape[0], self.num_quantizers), dtype=np.int64)
+        residual = z
+        for i in range(self.num_quantizers):
+            codes[:, i] = self._assign(np.ascontiguousarray(l2_normalize(residual)), embeds[i])
+            residual = residual - embeds[i][codes[:, i]]
+        return codes
 
     def decode(self, codes):
         """Vectors for codes: the sum of the chosen codes of every stage given, projected out.
