@@ -200,3 +200,29 @@ def test_buffers_and_keys_like_seed():
         assert torch.equal(dict(ours.named_buffers())[name], buffer)
     assert ours.codebook_size == theirs.codebook_size == 1000
     assert ours.has_projections and ours.effective_codebook_dim == theirs.effective_codebook_dim
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("loss", ["sum", "weighted"])
+def test_large_inputs_match_seed_bit_for_bit(dtype, loss):
+    """Sizes where torch's elementwise ops run multi-threaded and vectorised, the CPU numpy path
+    against the seed: outputs, indices and input gradients (a broadcast one from ``sum`` too)."""
+    allowed = (torch.float32, torch.float64, torch.float16)
+    theirs, ours = build_pair(seed_fsq.FSQ, FSQ, levels=[8, 5, 5, 5], num_codebooks=2, allowed_dtypes=allowed)
+    x = (torch.randn(5, 3001, 8, generator=torch.Generator().manual_seed(3)) * 2).to(dtype)
+
+    def call(layer, x):
+        out, indices = layer(x)
+        return (out, indices), out.sum() if loss == "sum" else weighted_sum(out)
+    train_pair(theirs, ours, [x], call, steps=1, rtol=0, atol=0)
+
+
+def test_gradient_under_create_graph_is_the_plain_one():
+    """With create_graph the backward runs torch ops (recordable) instead of numpy: same bits."""
+    layer = FSQ([8, 5, 3])
+    z = torch.randn(4, 5000, 3, requires_grad=True)
+    g = torch.randn(4, 5000, 3)
+    out, _ = layer(z)
+    (plain,) = torch.autograd.grad(out, z, g, retain_graph=True)
+    (graphed,) = torch.autograd.grad(out, z, g.requires_grad_(), create_graph=True)
+    assert torch.equal(plain, graphed.detach())

@@ -3,13 +3,15 @@
 Each feature is bounded with ``tanh`` into ``levels[i]`` steps and rounded, with a
 straight-through gradient (https://arxiv.org/abs/2309.15505). The bound, the rounding, the
 rescaling and the index are one fused step (:class:`_BoundRound`) instead of a dozen tensor
-operations, and the level constants are computed once per device instead of per call.
+operations, and the level constants are computed once per device instead of per call. On CPU
+its elementwise steps run in numpy on the calling thread (see :func:`_bound_round_numpy`).
 """
 from __future__ import annotations
 
 import contextlib
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -86,14 +88,15 @@ class _LevelConstants:
     """
 
     def __init__(self, levels, eps=1e-3):
+        self.dim = len(levels)
         levels = torch.tensor(levels, dtype=torch.int32)
         self.half_l = (levels - 1) * (1 + eps) / 2
         self.offset = torch.where(levels % 2 == 0, 0.5, 0.0)
         self.shift = (self.offset / self.half_l).atanh()
-        self.half_width = levels // 2
+        self.half_width = (levels // 2).float()  # divides as the seed's int32 half-width does
         basis = torch.cumprod(torch.tensor([1] + list(levels[:-1].tolist())), dim=0)
         self.basis = basis.double()
-        self.index_base = float((self.half_width * basis).sum())
+        self.index_base = float(((levels // 2) * basis).sum())
         # float32 dot products of integer levels with the basis are exact below 2**24
         self.exact_in_float32 = int(levels.prod()) <= 2 ** 24
         self._on = {}
@@ -104,6 +107,13 @@ class _LevelConstants:
         if key not in self._on:
             self._on[key] = tuple(t.repeat(tiles).to(device)
                                   for t in (self.shift, self.half_l, self.offset, self.half_width))
+        return self._on[key]
+
+    def numpy_on(self, tiles):
+        """:meth:`on` for the CPU, as numpy arrays sharing the tensors' memory."""
+        key = ("numpy", tiles)
+        if key not in self._on:
+            self._on[key] = tuple(t.numpy() for t in self.on("cpu", tiles))
         return self._on[key]
 
     def basis_on(self, dtype, device):
@@ -127,36 +137,72 @@ class _LevelConstants:
 class _BoundRound(torch.autograd.Function):
     """``round(tanh(z + shift) * half_l - offset) / half_width`` with the straight-through gradient.
 
-    Returns the normalised codes (differentiable) and their int32 indices (not
-    differentiable), from three buffers per call. The backward applies the seed's chain
-    ``((g / half_width) * half_l) * (1 - t**2)`` in the same order, so gradients agree
-    bit for bit.
+    ``z`` is (..., c * codebook_dim): ``c`` codebooks side by side, split here rather than
+    by a view that autograd would record. Returns the normalised codes (differentiable,
+    shaped as ``z``) and their int32 indices (..., c) (not differentiable). The backward
+    applies the seed's chain ``((g / half_width) * half_l) * (1 - t**2)`` in the same
+    order, so gradients agree bit for bit.
     """
 
     @staticmethod
     def forward(ctx, z, constants):
-        d = z.shape[-1]
+        d = constants.dim
         # Rows of up to MAX_TILES codes with constants repeated to match: elementwise ops then run
         # contiguous and vectorised instead of broadcasting a (d,) vector over rows of d values.
         tiles = math.gcd(z.numel() // d, MAX_TILES) if d else 1
-        shape = (-1, tiles * d)
+        rows = z.reshape(-1, tiles * d)
         shift, half_l, offset, half_width = constants.on(z.device, tiles)
-        t = torch.add(z.reshape(shape), shift).tanh_()  # promotes to float32 at least, like the seed's bound
-        rounded = torch.mul(t, half_l).sub_(offset).round_()
-        indices = constants.indices(rounded.view(-1, d)).view(z.shape[:-1])
-        codes = rounded.div_(half_width).view(z.shape)
+        if _on_numpy(rows):
+            t, codes, indices = _bound_round_numpy(rows.detach().numpy(), constants, tiles, d)
+        else:
+            t = torch.add(rows, shift).tanh_()  # promotes to float32 at least, like the seed's bound
+            codes = torch.mul(t, half_l).sub_(offset).round_()
+            indices = constants.indices(codes.view(-1, d))
+            codes.div_(half_width)
         ctx.save_for_backward(t, half_l, half_width)
         ctx.z_shape, ctx.z_dtype = z.shape, z.dtype
         ctx.mark_non_differentiable(indices)
-        return codes, indices
+        return codes.view(z.shape), indices.view(*z.shape[:-1], z.shape[-1] // d)
 
     @staticmethod
     def backward(ctx, grad_codes, grad_indices):
         t, half_l, half_width = ctx.saved_tensors
-        grad = torch.div(grad_codes.reshape(t.shape), half_width).mul_(half_l)
-        # the seed's tanh gradient, bit for bit, written over the same buffer
-        grad = torch.ops.aten.tanh_backward.grad_input(grad, t, grad_input=grad)
-        return grad.view(ctx.z_shape).to(ctx.z_dtype), None
+        grad_codes = grad_codes.reshape(t.shape)
+        # the seed's tanh gradient, bit for bit (torch's kernel fuses a multiply-add)
+        if _on_numpy(grad_codes) and not torch.is_grad_enabled():
+            grad = np.divide(grad_codes.numpy(), half_width.numpy())
+            grad = torch.from_numpy(np.multiply(grad, half_l.numpy(), out=grad))
+            grad = torch.ops.aten.tanh_backward.grad_input(grad, t, grad_input=grad)
+        else:  # torch ops out of place, which a backward with create_graph records
+            grad = torch.ops.aten.tanh_backward(torch.div(grad_codes, half_width).mul_(half_l), t)
+        grad = grad.view(ctx.z_shape)
+        return grad if grad.dtype == ctx.z_dtype else grad.to(ctx.z_dtype), None
+
+
+def _on_numpy(x):
+    """Whether the CPU path applies: a CPU tensor of a dtype numpy holds (not bfloat16)."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64, torch.float16)
+
+
+def _bound_round_numpy(rows, constants, tiles, d):
+    """The bound/round of :class:`_BoundRound` on CPU: ``(t, codes, indices)`` as tensors.
+
+    Why numpy: its ops run on the calling thread. Each of torch's elementwise ops here would
+    open an OpenMP parallel region for (16, 1024, 4), and a region waits for a worker thread
+    to wake: 6 ms each, measured on a 2-core machine whose other core is busy, against 0.6 ms
+    for the whole forward + backward. numpy's add/multiply/subtract/rint/divide round as
+    torch's do; tanh stays torch's (the seed's bits).
+    """
+    shift, half_l, offset, half_width = constants.numpy_on(tiles)
+    t = np.add(rows, shift)  # float32 at least, like the seed's bound
+    t_tensor = torch.from_numpy(t).tanh_()
+    codes = np.multiply(t, half_l)
+    np.subtract(codes, offset, out=codes)
+    np.rint(codes, out=codes)
+    codes_tensor = torch.from_numpy(codes)
+    indices = constants.indices(codes_tensor.view(-1, d))  # a GEMV on one thread at these sizes
+    np.divide(codes, half_width, out=codes)
+    return t_tensor, codes_tensor, indices
 
 
 class FSQ(nn.Module):
@@ -231,6 +277,8 @@ class FSQ(nn.Module):
 
     def quantize(self, z):
         """Quantize ``z`` of shape (..., codebook_dim) to normalised codes in [-1, 1], straight-through."""
+        if z.shape[-1] != self.codebook_dim:
+            raise ValueError(f"z has {z.shape[-1]} features, expected codebook_dim={self.codebook_dim}.")
         codes, _ = _BoundRound.apply(z, self._constants)
         return codes
 
@@ -286,9 +334,8 @@ class FSQ(nn.Module):
             z = z.float()
         with no_cuda_autocast():
             z, layout = channel_last_tokens(z, self.dim)
-            z = split_codebooks(self.project_in(z), self.num_codebooks)
-            codes, indices = _BoundRound.apply(z, self._constants)
-            out = self.project_out(codes.flatten(-2))
+            codes, indices = _BoundRound.apply(self.project_in(z), self._constants)
+            out = self.project_out(codes)
         out, indices = restore_layout(out, indices, layout)
         if not self.keep_num_codebooks_dim:
             indices = indices.squeeze(-1)
