@@ -298,7 +298,7 @@ def test_beam_training_starts_like_greedy_training_and_encodes_in_chunks(monkeyp
     np.testing.assert_array_equal(beamed.codebooks[0], greedy.codebooks[0])  # stage 0 sees the input in both
     assert not np.array_equal(beamed.codebooks[1], greedy.codebooks[1])  # later stages see the beams' residuals
     whole = beamed.encode(x)
-    monkeypatch.setattr(vqcore.beam, "BEAM_CHUNK_ROWS", 64)
+    monkeypatch.setattr(vqcore.beam, "BEAM_BLOCK_BYTES", 1)  # one row per block
     np.testing.assert_array_equal(beamed.encode(x), whole)
 
 

@@ -67,3 +67,42 @@ def test_greedy_refuses_a_residual_that_overflows_float32_like_the_search():
         stagewise_greedy(z, books)
     with pytest.raises(ValueError, match="NaN or Inf"):
         vqcore.beam.greedy_encode(z, books)
+
+
+def stagewise_beam(z, books, beam_size):
+    """Beam codes from one extension of every row's beams per stage (the training path's steps)."""
+    beams = vqcore.beam.beam_start(z)
+    for i in range(len(books)):
+        beams = vqcore.beam.beam_extend(z, beams, books[i], vqcore.beam.beam_tables(books, i), beam_size)
+    return beams[2][:, 0]
+
+
+@pytest.mark.parametrize("beam_size", [1, 2, 5, 9])
+def test_beam_equals_one_extension_per_stage(beam_size):
+    rng = np.random.default_rng(beam_size)
+    books = stacked_books(rng, 4, 37, 7)
+    z = rng.standard_normal((700, 7)).astype(np.float32)
+    np.testing.assert_array_equal(vqcore.beam.beam_encode(z, books, beam_size), stagewise_beam(z, books, beam_size))
+
+
+def test_beam_selections_agree_with_the_sequential_scan(monkeypatch):
+    """The vectorised candidate selection keeps what the sequential scan keeps, ties included."""
+    rng = np.random.default_rng(4)
+    books = stacked_books(rng, 3, 256, 6)
+    books[:, 200:] = books[:, :56]  # duplicate codes: equal scores in different blocks
+    books = np.round(books * 8) / 8  # coarse values: many equal float32 scores
+    z = (np.round(rng.standard_normal((600, 6)) * 8) / 8).astype(np.float32)
+    fast = vqcore.beam.beam_encode(z, books, 5)
+    monkeypatch.setattr(vqcore.beam, "SCORE_LIMIT", 0.0)  # every score "could overflow": the sequential scan
+    np.testing.assert_array_equal(vqcore.beam.beam_encode(z, books, 5), fast)
+    np.testing.assert_array_equal(stagewise_beam(z, books, 5), fast)
+
+
+def test_beam_blocks_and_threads_do_not_change_codes(monkeypatch):
+    rng = np.random.default_rng(5)
+    books = stacked_books(rng, 3, 64, 5)
+    z = rng.standard_normal((1001, 5)).astype(np.float32)
+    whole = vqcore.beam.beam_encode(z, books, 4)
+    monkeypatch.setattr(vqcore.beam, "BEAM_BLOCK_BYTES", 1)
+    np.testing.assert_array_equal(vqcore.beam.beam_encode(z, books, 4), whole)
+    assert vqcore.beam.beam_encode(z[:0], books, 4).shape == (0, 3)

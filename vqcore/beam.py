@@ -12,7 +12,12 @@ from .search import check_rows, plan
 #: enough blocks that the per-call cost of the GEMM stays small.
 GREEDY_BLOCK_BYTES = 512 << 10
 
-#: Rows encoded at once by the beam search (bounds its (rows, beam, codes) scores).
+#: Bytes of a beam-search block's input . code products (all stages): they stay in a core's L2 cache.
+BEAM_BLOCK_BYTES = 256 << 10
+#: Bound on the float32 extension scores below which they cannot overflow (float32's largest is 3.4e38;
+#: the margin covers rounding).
+SCORE_LIMIT = 1e37
+#: Rows a beam-training step extends at once (bounds its (rows, beam, codes) scratch).
 BEAM_CHUNK_ROWS = 2048
 
 
@@ -55,14 +60,15 @@ def beam_encode(z, embeds, beam_size):
     ``2 * beam_size`` best extensions by a float32 score are re-scored
     exactly (float64 residual norms) and the best ``beam_size`` kept.  The
     float32 score needs no GEMM per beam: ``r . c = x . c - sum_s c_s . c``
-    over the codes ``c_s`` the beam chose so far, from one ``x @ C.T`` per
-    stage and tables of code-code products (faiss's look-up-table beam
+    over the codes ``c_s`` the beam chose so far, from one ``x @ C.T`` for
+    all stages and tables of code-code products (faiss's look-up-table beam
     search).  With a beam at least as large as the number of paths, every
-    path is kept and the result is the exact best sum of codes.
+    path is kept and the result is the exact best sum of codes.  Each block
+    of rows runs all stages in one kernel call.
 
     Parameters
     ----------
-    z : ndarray of float32, shape (n, d)
+    z : ndarray of float32, shape (n, d), C-contiguous
     embeds : ndarray of float32, shape (stages, k, d)
     beam_size : int
 
@@ -70,16 +76,38 @@ def beam_encode(z, embeds, beam_size):
     -------
     ndarray of int64, shape (n, stages)
     """
-    n = z.shape[0]
-    tables = [beam_tables(embeds, i) for i in range(embeds.shape[0])]
-    out = np.empty((n, embeds.shape[0]), dtype=np.int64)
-    for start in range(0, n, BEAM_CHUNK_ROWS):
-        chunk = z[start:start + BEAM_CHUNK_ROWS]
-        beams = beam_start(chunk)
-        for i in range(embeds.shape[0]):  # all stages of one chunk while its beams are in cache
-            beams = beam_extend(chunk, beams, embeds[i], tables[i], beam_size)
-        out[start:start + BEAM_CHUNK_ROWS] = beams[2][:, 0]  # beams are sorted: the first is the best
+    n, d = z.shape
+    stages, k = embeds.shape[:2]
+    out = np.empty((n, stages), dtype=np.int64)
+    if n == 0:
+        return out
+    # one BLAS thread throughout: BLAS threads left spinning after the tables would slow the kernel's threads
+    with single_threaded_blas():
+        tables = [beam_tables(embeds, i) for i in range(stages)]
+        cross = np.concatenate([np.empty((0, k, k), dtype=np.float32)] + [table[1] for table in tables])
+        c_sq = np.stack([table[2] for table in tables])
+        codes_t = np.ascontiguousarray(embeds.reshape(stages * k, d).T)
+        # every beam's error is at most (|x| + stages max|c|)**2, every x . c at most |x| max|c|
+        x_norm = np.sqrt(np.einsum("nd,nd->n", z, z, dtype=np.float64).max())
+        c_norm = np.sqrt(float(c_sq.max()))
+        finite = scores_stay_finite((x_norm + stages * c_norm) ** 2, x_norm * c_norm, c_sq, cross)
+        threads = num_threads()
+        rows = max(1, min(BEAM_BLOCK_BYTES // (stages * k * 4), -(-n // threads)))
+        kernels.beam_encode(z, codes_t, cross, c_sq, embeds, beam_size, finite, rows, threads, out)
     return out
+
+
+def scores_stay_finite(error_max, x_dot_max, c_sq, cross):
+    """Whether no float32 extension score (nor partial sum) can overflow, from its terms' largest magnitudes.
+
+    A score is ``error + |c|^2 - 2 x . c + 2 sum_s c_s . c`` over at most
+    ``len(cross)`` earlier stages; while the sum of the terms' bounds stays
+    below :data:`SCORE_LIMIT`, every score is finite and the vectorised
+    candidate selection applies (otherwise the sequential one defines the
+    order, NaN included).
+    """
+    cross_max = float(np.abs(cross).max()) if cross.size else 0.0
+    return error_max + float(c_sq.max()) + 2 * x_dot_max + 2 * len(cross) * cross_max < SCORE_LIMIT
 
 
 def beam_tables(embeds, i):
@@ -109,18 +137,15 @@ def beam_extend(z, beams, codebook, tables, beam_size):
     codes_t, cross, c_sq = tables
     n, b, d = residual.shape
     k = codebook.shape[0]
-    keep = min(2 * beam_size, b * k)
-    width = min(beam_size, keep)
+    width = min(beam_size, b * k)
     x_dot = z @ codes_t  # (n, k); the kernel subtracts the earlier codes' products
     new_residual = np.empty((n, width, d))
     new_error = np.empty((n, width))
     parent = np.empty((n, width), dtype=np.int64)
     chosen = np.empty((n, width), dtype=np.int64)
-    scratch_dot = np.empty((n, k), dtype=np.float32)
-    scratch_value = np.empty((n, keep))
-    scratch_index = np.empty((n, keep), dtype=np.int64)
-    beam_step(x_dot, cross, np.ascontiguousarray(codes), error, c_sq, residual, codebook, scratch_dot,
-               scratch_value, scratch_index, new_residual, new_error, parent, chosen)
+    finite = n == 0 or scores_stay_finite(float(error.max()), float(np.abs(x_dot).max()), c_sq, cross)
+    beam_step(x_dot, cross, np.ascontiguousarray(codes), error, c_sq, residual, codebook, finite, num_threads(),
+              new_residual, new_error, parent, chosen)
     rows = np.arange(n)[:, None]
     new_codes = np.concatenate([codes[rows, parent], chosen[:, :, None]], axis=2)
     return new_residual, new_error, new_codes

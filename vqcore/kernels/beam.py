@@ -5,8 +5,20 @@ from numba import prange
 from .._config import jit
 from .search import exact_score, finish_row, prepare_row, row_bound
 
-#: Codes per block of the beam search's candidate scan (one vector minimum per block).
+#: Codes per block of the beam search's sequential candidate scan (one minimum per block).
 SCAN_BLOCK = 16
+#: Most scores per block of the candidate selection's first pass (one integer minimum per block); the
+#: extensions' scores are padded to a multiple of it.
+SELECT_BLOCK = 64
+
+#: Mask of a float32's exponent and mantissa bits.
+_MAGNITUDE = np.int32(0x7FFFFFFF)
+
+
+@jit(inline="always")
+def _float_key(bits):
+    """An int32 that orders like the float32 with these bits (its own inverse): integer minima vectorise."""
+    return bits ^ ((bits >> 31) & _MAGNITUDE)
 
 
 @jit(inline="always")
@@ -30,10 +42,142 @@ def _insert(values, indices, count, value, index):
     return count + 1 if count < capacity else count
 
 
+@jit(inline="always")
+def _scan_extensions(dots, values, picks):
+    """The ``len(values)`` smallest of ``dots`` (ties: lowest index first), ascending; returns their count.
+
+    The sequential definition: every score is offered in order, by blocks
+    whose minimum, once the buffer is full, skips blocks no better than its
+    worst.  Used for small selections and for scores that could overflow.
+    """
+    total = dots.shape[0]
+    keep = values.shape[0]
+    count = 0
+    for c0 in range(0, total, SCAN_BLOCK):
+        c1 = min(c0 + SCAN_BLOCK, total)
+        low = dots[c0]
+        for c in range(c0 + 1, c1):
+            low = min(low, dots[c])
+        if count == keep and low >= values[keep - 1]:
+            continue
+        for c in range(c0, c1):
+            if count < keep or dots[c] < values[keep - 1]:
+                count = _insert(values, picks, count, dots[c], c)
+    return count
+
+
+@jit(inline="always")
+def _select_extensions(dots, keys, total, values, picks, low, low_bits, found):
+    """What :func:`_scan_extensions` selects from ``dots[:total]``, in vectorised passes for finite scores.
+
+    Blocks of up to ``SELECT_BLOCK`` scores get their minimum from an
+    integer minimum over ``keys`` (the scores' bits, a view of ``dots``,
+    padded with +inf to whole blocks).  The ``keep``-th smallest block
+    minimum ``t`` has at least ``keep`` scores at or below it, so the
+    selection lies among the scores ``<= t`` of the blocks whose minimum is
+    at most ``t``: collected without branches in index order, then
+    inserted.  Scratch: ``low`` (total / 8 + 1,) float32 and ``low_bits``,
+    its int32 view; ``found`` (total,) int64.
+    """
+    keep = values.shape[0]
+    block = 8
+    while block < SELECT_BLOCK and total >= 4 * keep * block:
+        block *= 2
+    blocks = (total + block - 1) // block
+    if blocks < keep:
+        return _scan_extensions(dots[:total], values, picks)
+    for i in range(blocks):
+        smallest = _MAGNITUDE
+        for c in range(i * block, (i + 1) * block):
+            smallest = min(smallest, _float_key(keys[c]))
+        low_bits[i] = _float_key(smallest)
+    count = 0
+    for i in range(blocks):
+        count = _insert(values, picks, count, low[i], i)
+    bound = np.float32(values[keep - 1])
+    hits = 0
+    for i in range(blocks):
+        if low[i] <= bound:
+            for c in range(i * block, min(total, (i + 1) * block)):
+                found[hits] = c
+                hits += dots[c] <= bound
+    count = 0
+    for m in range(hits):
+        count = _insert(values, picks, count, dots[found[m]], found[m])
+    return count
+
+
+@jit(inline="always")
+def _step_scratch(beam_size, k):
+    """Scratch of :func:`_step_row` for up to ``beam_size`` beams, before and after, of ``k`` codes (one per thread)."""
+    padded = -(-beam_size * k // SELECT_BLOCK) * SELECT_BLOCK
+    dots = np.empty(padded, dtype=np.float32)
+    low = np.empty(padded // 8 + 1, dtype=np.float32)
+    return (dots, dots.view(np.int32), low, low.view(np.int32), np.empty(padded, dtype=np.int64),
+            np.empty(2 * beam_size), np.empty(2 * beam_size, dtype=np.int64))
+
+
+@jit(inline="always")
+def _step_row(x_dot, cross, codes, error, c_sq, residual, codebook, finite, scratch,
+              new_residual, new_error, parent, chosen):
+    """One stage of the beam search for one row: every extension of its ``b`` beams scored, the best kept.
+
+    ``x_dot`` (k,) holds input . code; ``cross`` (stage, k, k) the earlier
+    stages' code . code products; ``codes`` (b, >= stage), ``error`` (b,)
+    and ``residual`` (b, d) describe the beams.  The ``2 * width`` best
+    extensions by a float32 score (at most ``b * k``) are re-scored exactly
+    (float64 residual norms) and the best ``width = len(new_error)``
+    written to the OUT rows, in ascending order (``parent``: beam extended,
+    ``chosen``: code added).  ``finite``: no score can overflow, so the
+    vectorised selection applies.  ``scratch``: :func:`_step_scratch`.
+    """
+    dots, keys, low, low_bits, found, values, picks = scratch
+    k = x_dot.shape[0]
+    b, stage = error.shape[0], cross.shape[0]
+    d = residual.shape[1]
+    width = new_error.shape[0]
+    total = b * k
+    keep = min(2 * width, total)
+    two = np.float32(2.0)  # float32 literals keep the passes in float32 (vectorised)
+    for j in range(b):
+        # float32 scores of every code for this beam, in vectorised passes
+        base = np.float32(error[j])
+        beam_dots = dots[j * k:(j + 1) * k]
+        for c in range(k):
+            beam_dots[c] = base + (c_sq[c] - two * x_dot[c])
+        for s in range(stage):  # r . c = x . c - sum of the earlier codes' products (contiguous rows)
+            earlier = cross[s, codes[j, s]]
+            for c in range(k):
+                beam_dots[c] += two * earlier[c]
+    if finite:
+        dots[total:-(-total // SELECT_BLOCK) * SELECT_BLOCK] = np.inf
+        count = _select_extensions(dots, keys, total, values[:keep], picks[:keep], low, low_bits, found)
+    else:
+        count = _scan_extensions(dots[:total], values[:keep], picks[:keep])
+    # exact float64 scores of the kept extensions; the best ``width`` survive, in order
+    for m in range(count):
+        j, c = picks[m] // k, picks[m] % k
+        total = 0.0
+        for f in range(d):
+            diff = residual[j, f] - codebook[c, f]
+            total += diff * diff
+        values[m] = total
+    kept = 0
+    for m in range(count):
+        kept = _insert(new_error, parent, kept, values[m], picks[m])  # parent holds flat indices until unpacked
+    for w in range(width):
+        flat = parent[w]
+        j, c = flat // k, flat % k
+        parent[w] = j
+        chosen[w] = c
+        for f in range(d):
+            new_residual[w, f] = residual[j, f] - codebook[c, f]
+
+
 @jit(parallel=True)
-def beam_step(x_dot, cross, codes, error, c_sq, residual, codebook, scratch_dot, scratch_value, scratch_index,
-               new_residual, new_error, parent, chosen):
-    """One stage of the beam search for every row.
+def beam_step(x_dot, cross, codes, error, c_sq, residual, codebook, finite, nthreads,
+              new_residual, new_error, parent, chosen):
+    """One stage of the beam search for every row (:func:`_step_row`); beam training keeps every row's beams.
 
     Parameters
     ----------
@@ -44,73 +188,74 @@ def beam_step(x_dot, cross, codes, error, c_sq, residual, codebook, scratch_dot,
     c_sq : (k,) float32, squared norm of each code                   # IN
     residual : (n, b, d) float64                                     # IN
     codebook : (k, d) float32                                        # IN
-    scratch_dot : (n, k) float32                                     # scratch: one beam's products
-    scratch_value, scratch_index : (n, keep)                         # scratch: best approximate extensions
+    finite : bool, no float32 score can overflow                     # IN
+    nthreads : int                                                   # IN
     new_residual : (n, width, d) float64                             # OUT
     new_error : (n, width) float64, exact, ascending                 # OUT
     parent, chosen : (n, width) int64, beam extended and code added  # OUT
     """
-    n, k = x_dot.shape
-    b, stage = codes.shape[1], codes.shape[2]
-    d = residual.shape[2]
-    width = new_error.shape[1]
-    keep = scratch_value.shape[1]
-    for row in prange(n):
-        values = scratch_value[row]
-        picks = scratch_index[row]
-        dots = scratch_dot[row]
-        count = 0
-        two = np.float32(2.0)  # float32 literals keep the passes in float32 (vectorised)
-        for j in range(b):
-            # float32 scores of every code for this beam, in vectorised passes
-            base = np.float32(error[row, j])
-            for c in range(k):
-                dots[c] = base + (c_sq[c] - two * x_dot[row, c])
-            for s in range(stage):  # r . c = x . c - sum of the earlier codes' products (contiguous rows)
-                earlier = cross[s, codes[row, j, s]]
-                for c in range(k):
-                    dots[c] += two * earlier[c]
-            # scan blocks of codes: a vectorised block minimum skips most blocks once the buffer is full
-            for c0 in range(0, k, SCAN_BLOCK):
-                c1 = min(c0 + SCAN_BLOCK, k)
-                low = dots[c0]
-                for c in range(c0 + 1, c1):
-                    low = min(low, dots[c])
-                if count == keep and low >= values[keep - 1]:
-                    continue
-                for c in range(c0, c1):
-                    if count < keep or dots[c] < values[keep - 1]:
-                        count = _insert(values, picks, count, dots[c], j * k + c)
-        # exact float64 scores of the kept extensions; the best ``width`` survive, in order
-        for m in range(count):
-            j, c = picks[m] // k, picks[m] % k
-            total = 0.0
-            for f in range(d):
-                diff = residual[row, j, f] - codebook[c, f]
-                total += diff * diff
-            values[m] = total
-        best = new_error[row]
-        best_pick = parent[row]  # flat (beam, code) indices until unpacked below
-        kept = 0
-        for m in range(count):
-            kept = _insert(best, best_pick, kept, values[m], picks[m])
-        for w in range(width):
-            flat = best_pick[w]
-            j, c = flat // k, flat % k
-            parent[row, w] = j
-            chosen[row, w] = c
-            for f in range(d):
-                new_residual[row, w, f] = residual[row, j, f] - codebook[c, f]
+    n, b = error.shape
+    for t in prange(nthreads):
+        scratch = _step_scratch(max(b, new_error.shape[1]), x_dot.shape[1])
+        for row in range(t, n, nthreads):
+            _step_row(x_dot[row], cross, codes[row], error[row], c_sq, residual[row], codebook, finite, scratch,
+                      new_residual[row], new_error[row], parent[row], chosen[row])
 
 
-#: Mask of a float32's exponent and mantissa bits.
-_MAGNITUDE = np.int32(0x7FFFFFFF)
+@jit(parallel=True)
+def beam_encode(z, codes_t, cross, c_sq, codebooks, beam_size, finite, rows, nthreads, out):
+    """Beam search over all stages, one block of rows at a time; the best beam's codes per row.
 
+    One GEMM per block gives input . code for every stage; each row then
+    runs all its stages (:func:`_step_row`) on beams held in small
+    per-thread buffers, so nothing of size n is written but the output.
 
-@jit(inline="always")
-def _float_key(bits):
-    """An int32 that orders like the float32 with these bits (its own inverse): integer minima vectorise."""
-    return bits ^ ((bits >> 31) & _MAGNITUDE)
+    Parameters
+    ----------
+    z : (n, d) float32, C-contiguous                                # IN
+    codes_t : (d, stages * k) float32, every stage's codes transposed  # IN
+    cross : (stages * (stages - 1) / 2, k, k) float32               # IN stage i's tables ``C_s @ C_i.T`` for
+                                                                    #    s < i, from row i (i - 1) / 2
+    c_sq : (stages, k) float32, squared norm of each code           # IN
+    codebooks : (stages, k, d) float32                              # IN
+    beam_size : int                                                 # IN
+    finite : bool, no float32 score can overflow                    # IN
+    rows, nthreads : int                                            # IN block rows, threads
+    out : (n, stages) int64                                         # OUT codes of the best beam
+    """
+    n, d = z.shape
+    stages, k = codebooks.shape[0], codebooks.shape[1]
+    nblocks = (n + rows - 1) // rows
+    for t in prange(nthreads):
+        x_dot = np.empty((rows, stages * k), dtype=np.float32)
+        scratch = _step_scratch(beam_size, k)
+        residual = np.empty((2, beam_size, d))
+        error = np.empty((2, beam_size))
+        codes = np.empty((2, beam_size, stages), dtype=np.int64)
+        parent = np.empty(beam_size, dtype=np.int64)
+        chosen = np.empty(beam_size, dtype=np.int64)
+        for blk in range(t, nblocks, nthreads):
+            start = blk * rows
+            m = min(n, start + rows) - start
+            np.dot(z[start:start + m], codes_t, x_dot[:m])
+            for r in range(m):
+                total = 0.0
+                for f in range(d):
+                    residual[0, 0, f] = z[start + r, f]
+                    total += residual[0, 0, f] * residual[0, 0, f]
+                error[0, 0] = total
+                b = 1
+                for i in range(stages):
+                    old, new = i % 2, 1 - i % 2
+                    width = min(beam_size, b * k)
+                    _step_row(x_dot[r, i * k:(i + 1) * k], cross[i * (i - 1) // 2:i * (i + 1) // 2], codes[old, :b],
+                              error[old, :b], c_sq[i], residual[old, :b], codebooks[i], finite, scratch,
+                              residual[new, :width], error[new, :width], parent[:width], chosen[:width])
+                    for w in range(width):
+                        codes[new, w, :i] = codes[old, parent[w], :i]
+                        codes[new, w, i] = chosen[w]
+                    b = width
+                out[start + r] = codes[stages % 2, 0]
 
 
 @jit(inline="always")
