@@ -145,3 +145,93 @@ def test_bad_input(tmp_path):
     write_npz(tmp_path / "other.npz", kind="LFQ", config={}, state={})
     with pytest.raises(ValueError, match="not a FSQ"):
         FSQ.load(tmp_path / "other.npz")
+
+
+# -- grouped residual twins -------------------------------------------------------------------------
+
+# quantize_dropout (inactive in eval) lets the torch layers decode the first stages only
+GROUPED = [
+    ("fsq-projections", dict(dim=12, levels=[8, 5, 3], num_quantizers=3, groups=2)),
+    ("fsq-no-projections", dict(dim=9, levels=[7, 4, 3], num_quantizers=2, groups=3)),
+    ("fsq-one-group", dict(dim=6, levels=[8, 6], num_quantizers=2, groups=1)),
+    ("lfq-projections", dict(dim=10, codebook_size=16, num_quantizers=3, groups=2)),
+    ("lfq-no-projections", dict(dim=8, codebook_size=16, num_quantizers=2, groups=2)),
+]
+
+
+def grouped_pair(name, kwargs):
+    """(torch layer in eval mode, its twin, x, its codes (..., groups, q), its output)."""
+    torch.manual_seed(4)
+    cls = vqtorch.GroupedResidualFSQ if name.startswith("fsq") else vqtorch.GroupedResidualLFQ
+    layer = cls(**kwargs, quantize_dropout=True).eval()
+    x = np.random.default_rng(5).normal(scale=1.5, size=(3, 40, layer.dim)).astype(np.float32)
+    with torch.no_grad():
+        out, indices, *_ = layer(torch.from_numpy(x))
+    return layer, layer.to_vqcore(), x, np.moveaxis(indices.numpy(), 0, -2), out.numpy()
+
+
+@pytest.mark.parametrize("name,kwargs", GROUPED, ids=[g[0] for g in GROUPED])
+def test_grouped_residual_twin_matches_the_torch_layer(name, kwargs, tmp_path):
+    layer, twin, x, indices, out = grouped_pair(name, kwargs)
+    assert twin.code_shape == (layer.groups, layer.rvqs[0].num_quantizers)
+    check_twin(twin, out, indices, x)
+    with torch.no_grad():  # a coarse decode: the first stage of every group, the rest dropped (-1)
+        first = torch.from_numpy(np.moveaxis(indices[..., :1], -2, 0).copy())
+        expected = layer.get_output_from_indices(first).numpy()
+    np.testing.assert_allclose(twin.decode(indices[..., :1]), expected, rtol=1e-6, atol=1e-6)
+    assert sorted(twin.state_dict()) == sorted(layer.state_dict())
+    twin.save(tmp_path / "grouped.npz")
+    loaded = load(tmp_path / "grouped.npz")  # vqcore.load picks the class from the file's kind
+    assert type(loaded) is type(twin) and loaded.config == twin.config
+    check_twin(loaded, out, indices, x)
+
+
+@pytest.mark.parametrize("name,kwargs", [GROUPED[0], GROUPED[3]], ids=["fsq", "lfq"])
+def test_grouped_residual_twin_on_the_command_line(name, kwargs, tmp_path):
+    from tests.test_cli import vqcore_cmd
+
+    _, twin, x, indices, out = grouped_pair(name, kwargs)
+    twin.save(tmp_path / "q.npz")
+    np.save(tmp_path / "x.npy", x.reshape(-1, x.shape[-1]))
+    for argv in (["encode", "q.npz", "x.npy", "-o", "codes.npy"], ["decode", "q.npz", "codes.npy", "-o", "r.npy"]):
+        result = vqcore_cmd(*argv, cwd=tmp_path, separate=True)
+        assert result.returncode == 0, result.stderr
+    codes = np.load(tmp_path / "codes.npy")
+    assert codes.shape == (x.shape[0] * x.shape[1], *twin.code_shape)
+    np.testing.assert_array_equal(codes, indices.reshape(codes.shape))
+    np.testing.assert_allclose(np.load(tmp_path / "r.npy"), out.reshape(-1, x.shape[-1]), rtol=1e-6, atol=1e-6)
+    info = vqcore_cmd("info", "q.npz", cwd=tmp_path)
+    assert info.returncode == 0 and f"kind:        {type(twin).__name__}" in info.stdout, info
+    assert f"codes of shape {twin.code_shape} per vector" in info.stdout and "groups=2" in info.stdout
+
+
+def test_grouped_residual_twin_bad_input():
+    from vqcore.fsq import GroupedResidualFSQ
+    from vqcore.lfq import GroupedResidualLFQ
+
+    with pytest.raises(ValueError, match="groups=4 does not divide dim=10"):
+        GroupedResidualFSQ(10, [8, 5], num_quantizers=2, groups=4)
+    with pytest.raises(ValueError, match="groups=0"):
+        GroupedResidualLFQ(8, 2, 16, groups=0)
+    with pytest.raises(TypeError, match="groups must be an int, got True"):
+        GroupedResidualFSQ(8, [8, 5], num_quantizers=2, groups=True)
+    with pytest.raises(ValueError, match="1000.*1024"):
+        GroupedResidualLFQ(8, 2, 1000, groups=2)
+    twin = GroupedResidualFSQ(8, [8, 5], num_quantizers=2, groups=2)
+    with pytest.raises(ValueError, match=r"\(\.\.\., 8\).*\(3, 6\)"):
+        twin.encode(np.zeros((3, 6), np.float32))
+    with pytest.raises(ValueError, match=r"groups=2, q\), got \(5, 3, 2\)"):
+        twin.decode(np.zeros((5, 3, 2), np.int64))
+    with pytest.raises(ValueError, match="num_quantizers=2"):
+        twin.decode(np.zeros((5, 2, 3), np.int64))
+    with pytest.raises(ValueError, match=r"\[-1, 40\), got values in \[40, 40\]"):
+        twin.decode(np.full((5, 2, 2), 40))
+    with pytest.raises(ValueError, match=r"missing keys \['rvqs.0.project_in.bias'"):
+        twin.load_state_dict({"rvqs.0.project_in.weight": np.zeros((2, 4))})
+    state = twin.state_dict()
+    before = state["rvqs.0.project_in.weight"].copy()
+    state["rvqs.0.project_in.weight"] += 1
+    state["rvqs.1.project_in.weight"] = np.zeros((2, 3))
+    with pytest.raises(ValueError, match="rvqs.1.project_in.weight has shape"):
+        twin.load_state_dict(state)
+    np.testing.assert_array_equal(twin.state_dict()["rvqs.0.project_in.weight"], before)  # nothing loaded

@@ -1,4 +1,4 @@
-"""Finite scalar quantization in numpy: ``FSQ`` and ``ResidualFSQ`` encode/decode without torch.
+"""Finite scalar quantization in numpy: ``FSQ``, ``ResidualFSQ`` and ``GroupedResidualFSQ`` without torch.
 
 The numbers are those of ``vqtorch.FSQ`` / vector-quantize-pytorch 1.14.5 in float32
 (``tanh`` bound, round half to even, mixed-radix index). Nothing is fitted: projections,
@@ -12,7 +12,7 @@ import numpy as np
 from .io import register
 from .state import check_state, read_npz, to_numpy, write_npz
 
-__all__ = ["FSQ", "ResidualFSQ"]
+__all__ = ["FSQ", "ResidualFSQ", "GroupedResidualFSQ"]
 
 INDEX_LIMIT = 2 ** 31
 
@@ -76,13 +76,62 @@ def check_codes_in(indices, codebook_size, *, allow_dropped=False):
     return indices.astype(np.int64, copy=False)
 
 
-class Projected:
-    """Optional linear maps ``dim -> inner_dim`` and back, with the torch module's state-dict keys.
+class Twin:
+    """What every numpy twin shares: ``quantize``, ``save``/``load`` in the vqcore format, ``repr``.
 
-    Subclasses set ``KIND`` and ``config`` and may add state (``_extra_state``).
+    Subclasses set ``KIND`` and ``config`` (the constructor's keyword arguments) and define
+    ``encode``, ``decode``, ``state_dict`` and ``_load`` (take a checked state).
     """
 
     KIND = ""
+
+    def quantize(self, x):
+        """``(codes, indices)``: the layer's eval output and indices for ``x`` (..., dim)."""
+        indices = self.encode(x)
+        return self.decode(indices), indices
+
+    def save(self, path):
+        """Write configuration and state to one ``.npz`` file, atomically (no pickle)."""
+        write_npz(path, kind=self.KIND, config=self.config, state=self.state_dict())
+
+    @classmethod
+    def load(cls, path, *, seed=None, comm=None):
+        """Read a quantizer written by :meth:`save` (``seed`` and ``comm``: accepted for ``vqcore.load``, unused).
+
+        Raises
+        ------
+        ValueError
+            Not a vqcore file, another kind, or unknown configuration keys.
+        """
+        config, state = read_npz(path, kind=cls.KIND)
+        try:
+            quantizer = cls(**config, seed=seed)
+        except TypeError as exc:
+            raise ValueError(f"{path}: configuration {config} does not fit {cls.__name__} ({exc})") from None
+        return quantizer.load_state_dict(state)
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Load a torch module's ``state_dict`` (tensors or arrays); all of it is checked before any change.
+
+        Raises
+        ------
+        ValueError
+            Missing or unexpected keys (with ``strict``), or shapes that differ.
+        """
+        expected = {k: v.shape for k, v in self.state_dict().items()}
+        self._load(check_state({k: to_numpy(v) for k, v in state_dict.items()}, expected, strict=strict))
+        return self
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
+        return f"{type(self).__name__}({args})"
+
+
+class Projected(Twin):
+    """Optional linear maps ``dim -> inner_dim`` and back, with the torch module's state-dict keys.
+
+    Subclasses may add state (``_extra_state``).
+    """
 
     @property
     def code_shape(self):
@@ -90,14 +139,6 @@ class Projected:
         if hasattr(self, "num_quantizers"):
             return (self.num_quantizers,)
         return (self.num_codebooks,) if self.keep_num_codebooks_dim else ()
-
-    def __repr__(self):
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config.items())})"
-
-    def quantize(self, x):
-        """``(codes, indices)``: the layer's eval output and indices for ``x`` (..., dim)."""
-        indices = self.encode(x)
-        return self.decode(indices), indices
 
     def __init__(self, dim, inner_dim, seed=None):
         self.dim = dim
@@ -136,44 +177,11 @@ class Projected:
         state.update(self._extra_state())
         return state
 
-    def load_state_dict(self, state_dict, strict=True):
-        """Load projections from a torch ``state_dict`` (tensors or arrays); checked before any change.
-
-        Raises
-        ------
-        ValueError
-            Missing or unexpected keys (with ``strict``), or shapes that differ.
-        """
-        expected = {k: v.shape for k, v in self.state_dict().items()}
-        state = check_state({k: to_numpy(v) for k, v in state_dict.items()}, expected, strict=strict)
+    def _load(self, state):
+        """Take the projections from a checked state."""
         for name in ("project_in", "project_out"):
             if f"{name}.weight" in state:
                 setattr(self, name, (state[f"{name}.weight"], state[f"{name}.bias"]))
-        return self
-
-    def save(self, path):
-        """Write configuration and projections to one ``.npz`` file, atomically (no pickle)."""
-        write_npz(path, kind=self.KIND, config=self.config, state=self.state_dict())
-
-    @classmethod
-    def load(cls, path, *, seed=None, comm=None):
-        """Read a quantizer written by :meth:`save` (``seed`` and ``comm``: accepted for ``vqcore.load``, unused).
-
-        Raises
-        ------
-        ValueError
-            Not a vqcore file, another kind, or unknown configuration keys.
-        """
-        config, state = read_npz(path, kind=cls.KIND)
-        try:
-            quantizer = cls(**config, seed=seed)
-        except TypeError as exc:
-            raise ValueError(f"{path}: configuration {config} does not fit {cls.__name__} ({exc})") from None
-        return quantizer.load_state_dict(state)
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
-        return f"{type(self).__name__}({args})"
 
 
 def _linear_init(rng, fan_out, fan_in):
@@ -343,3 +351,87 @@ def check_quantizers(indices, num_quantizers):
         raise ValueError(f"indices must have shape (..., q) with 1 <= q <= num_quantizers={num_quantizers}, "
                          f"got {indices.shape}.")
     return indices
+
+
+class Grouped(Twin):
+    """Base of the grouped residual twins: ``groups`` equal slices of the features, each its own stack.
+
+    Subclasses set ``KIND`` and ``stack_cls`` (the residual twin of one group). As
+    ``vqcore.ResidualQuantizer(groups=G)`` does, codes have shape (..., groups, num_quantizers):
+    the torch layer's indices (groups, ..., q) with the group axis moved last. State keys are the
+    torch module's, ``rvqs.{g}.`` followed by the group's stack's keys.
+    """
+
+    stack_cls = None
+
+    def __init__(self, dim, groups, seed, **stack_args):
+        dim = check_int("dim", dim)
+        groups = check_int("groups", groups)
+        if dim % groups:
+            raise ValueError(f"groups={groups} does not divide dim={dim}; choose groups among the divisors of dim.")
+        seeds = np.random.default_rng(seed).integers(2 ** 63, size=groups)  # distinct initial projections
+        self._stacks = [self.stack_cls(dim=dim // groups, **stack_args, seed=int(s)) for s in seeds]
+        self.dim = dim
+        self.groups = groups
+        stack = self._stacks[0]
+        self.num_quantizers = stack.num_quantizers
+        self.codebook_size = stack.codebook_size
+        self.config = dict(dim=dim, **{k: v for k, v in stack.config.items() if k != "dim"}, groups=groups)
+
+    @property
+    def code_shape(self):
+        """Shape of one vector's codes: ``(groups, num_quantizers)``."""
+        return (self.groups, self.num_quantizers)
+
+    def encode(self, x):
+        """Indices (..., groups, num_quantizers) of ``x`` (..., dim), each group by its stack."""
+        parts = np.split(check_features(x, self.dim), self.groups, axis=-1)
+        return np.stack([stack.encode(part) for stack, part in zip(self._stacks, parts)], axis=-2)
+
+    def decode(self, indices):
+        """The groups' decoded slices of ``indices`` (..., groups, q <= num_quantizers), concatenated."""
+        indices = np.asarray(indices)
+        if indices.ndim < 2 or indices.shape[-2] != self.groups:
+            raise ValueError(f"indices must have shape (..., groups={self.groups}, q), got {indices.shape}.")
+        return np.concatenate([stack.decode(indices[..., g, :]) for g, stack in enumerate(self._stacks)], axis=-1)
+
+    def state_dict(self):
+        """Copies of the state with the torch module's keys (``rvqs.{g}.`` + the group's keys)."""
+        return {f"rvqs.{g}.{key}": value for g, stack in enumerate(self._stacks)
+                for key, value in stack.state_dict().items()}
+
+    def _load(self, state):
+        """Hand each group's stack its entries of a checked state (every group is checked first)."""
+        for g, stack in enumerate(self._stacks):
+            prefix = f"rvqs.{g}."
+            stack._load({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+
+@register("GroupedResidualFSQ")
+class GroupedResidualFSQ(Grouped):
+    """Grouped residual FSQ (numpy twin of ``vqtorch.GroupedResidualFSQ``, eval mode).
+
+    Parameters
+    ----------
+    dim : int
+        Features, split into ``groups`` equal slices.
+    levels : list of int
+    num_quantizers : int
+        Stages of each group's :class:`ResidualFSQ`.
+    groups : int
+        Must divide ``dim``.
+    seed : int, optional
+        Seeds the initial projections until trained ones are loaded.
+
+    Examples
+    --------
+    >>> q = GroupedResidualFSQ(8, [8, 5, 5, 5], num_quantizers=2, groups=2)
+    >>> q.encode(np.zeros((3, 8), np.float32)).shape
+    (3, 2, 2)
+    """
+
+    KIND = "GroupedResidualFSQ"
+    stack_cls = ResidualFSQ
+
+    def __init__(self, dim, levels, num_quantizers, groups=1, seed=None):
+        super().__init__(dim, groups, seed, levels=levels, num_quantizers=num_quantizers)

@@ -1,4 +1,4 @@
-"""Lookup-free quantization in numpy: ``LFQ`` and ``ResidualLFQ`` encode/decode without torch.
+"""Lookup-free quantization in numpy: ``LFQ``, ``ResidualLFQ`` and ``GroupedResidualLFQ`` without torch.
 
 Each codebook dimension is quantized to its sign; the index holds the bits, the first
 dimension as the most significant bit, as in ``vqtorch.LFQ`` / vector-quantize-pytorch 1.14.5.
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fsq import Projected, check_features, check_int, decode_implicit, decode_stages, resolve_keep_dim
+from .fsq import Grouped, Projected, check_features, check_int, decode_implicit, decode_stages, resolve_keep_dim
 from .io import register
 
-__all__ = ["LFQ", "ResidualLFQ"]
+__all__ = ["LFQ", "ResidualLFQ", "GroupedResidualLFQ"]
 
 MAX_CODEBOOK_DIM = 30
 
@@ -170,3 +170,28 @@ class ResidualLFQ(Projected):
     def decode(self, indices):
         """Sum of the codes of ``indices`` (..., q <= num_quantizers), -1 = dropped; then ``project_out``."""
         return decode_stages(self, indices, lambda q, idx: self._layers[q].codes(idx))
+
+
+@register("GroupedResidualLFQ")
+class GroupedResidualLFQ(Grouped):
+    """Grouped residual LFQ (numpy twin of ``vqtorch.GroupedResidualLFQ``, eval mode).
+
+    Parameters
+    ----------
+    dim : int
+        Features, split into ``groups`` equal slices.
+    num_quantizers : int
+        Stages of each group's :class:`ResidualLFQ`.
+    codebook_size : int
+        A power of two.
+    groups : int
+        Must divide ``dim``.
+    seed : int, optional
+        Seeds the initial projections until trained ones are loaded.
+    """
+
+    KIND = "GroupedResidualLFQ"
+    stack_cls = ResidualLFQ
+
+    def __init__(self, dim, num_quantizers, codebook_size, groups=1, seed=None):
+        super().__init__(dim, groups, seed, num_quantizers=num_quantizers, codebook_size=codebook_size)

@@ -12,7 +12,7 @@ from torch import nn
 from .fsq import FSQ, check_levels, no_cuda_autocast
 from .residual import GroupedBase, ResidualBase, check_int, residual_loop
 
-__all__ = ["ResidualFSQ", "GroupedResidualFSQ"]
+__all__ = ["ResidualFSQ", "GroupedResidualFSQ", "grouped_to_vqcore"]
 
 
 class ResidualFSQ(ResidualBase):
@@ -99,6 +99,13 @@ class _ScaledStage:
         return quantized * self.scale, indices
 
 
+def grouped_to_vqcore(module, numpy_cls, **stack_args):
+    """A grouped residual module as its numpy twin ``numpy_cls``, holding the module's state."""
+    quantizer = numpy_cls(dim=module.dim, num_quantizers=module.rvqs[0].num_quantizers, groups=module.groups,
+                          **stack_args)
+    return quantizer.load_state_dict(module.state_dict())
+
+
 class GroupedResidualFSQ(GroupedBase):
     """Grouped residual FSQ, the seed's ``GroupedResidualFSQ``: one :class:`ResidualFSQ` per feature group.
 
@@ -120,6 +127,16 @@ class GroupedResidualFSQ(GroupedBase):
     """
 
     residual_cls = ResidualFSQ
+
+    def to_vqcore(self):
+        """A ``vqcore.fsq.GroupedResidualFSQ`` with these groups, levels and projections (eval encode/decode).
+
+        Its codes have shape (..., groups, num_quantizers): this module's indices with the group
+        axis moved last; it takes features last (also for ``accept_image_fmap``).
+        """
+        from vqcore.fsq import GroupedResidualFSQ as NumpyGroupedResidualFSQ
+
+        return grouped_to_vqcore(self, NumpyGroupedResidualFSQ, levels=self.rvqs[0].levels)
 
     def forward(self, x, return_all_codes=False):
         """Quantize each group of features with its residual stack."""

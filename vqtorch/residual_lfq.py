@@ -14,6 +14,7 @@ from torch import nn
 from .fsq import no_cuda_autocast
 from .lfq import LFQ
 from .residual import GroupedBase, ResidualBase, check_int, residual_loop
+from .residual_fsq import grouped_to_vqcore
 
 __all__ = ["ResidualLFQ", "GroupedResidualLFQ"]
 
@@ -112,6 +113,15 @@ class GroupedResidualLFQ(GroupedBase):
     """
 
     residual_cls = ResidualLFQ
+
+    def to_vqcore(self):
+        """A ``vqcore.lfq.GroupedResidualLFQ`` holding this module's projections, for numpy-only eval.
+
+        Codes as :meth:`vqtorch.GroupedResidualFSQ.to_vqcore` gives them: (..., groups, q).
+        """
+        from vqcore.lfq import GroupedResidualLFQ as NumpyGroupedResidualLFQ
+
+        return grouped_to_vqcore(self, NumpyGroupedResidualLFQ, codebook_size=self.codebook_size)
 
     def forward(self, x, mask=None, return_all_codes=False):
         """Quantize each group of features with its residual stack."""

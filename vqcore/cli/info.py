@@ -43,9 +43,14 @@ def cmd_info(args):
     """``vqcore info``: configuration, usage histogram, perplexity, dead codes."""
     quantizer = load_quantizer(args.codebook)
     config = quantizer.config
-    usage = quantizer.usage()
     print(f"file:        {args.codebook}")
     print(f"kind:        {type(quantizer).__name__}")
+    if not hasattr(quantizer, "usage"):  # FSQ/LFQ kinds: an implicit codebook, no usage statistics
+        print("config:      " + ", ".join(f"{k}={v}" for k, v in sorted(config.items())))
+        print(f"codes:       {quantizer.codebook_size} implicit codes (nothing trained); codes of shape "
+              f"{tuple(quantizer.code_shape)} per vector")
+        return 0
+    usage = quantizer.usage()
     if not isinstance(quantizer, VectorQuantizer):
         print("config:      " + ", ".join(f"{k}={v}" for k, v in sorted(config.items())))
         for name in ("perplexity", "dead_codes"):
