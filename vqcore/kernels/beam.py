@@ -366,10 +366,10 @@ def greedy_encode(z, codebooks, mus, scales, operands, biases, coefs, limit, row
             start = b * rows
             m = min(n, start + rows) - start
             residual[:m] = z[start:start + m]
+            for r in range(m):
+                norms[r], _, statuses[r] = _prepare(residual, r, mus[0], scales[0], limit, vblock[r])
             for i in range(stages):
                 codebook, scale = codebooks[i], scales[i]
-                for r in range(m):
-                    norms[r], _, statuses[r] = _prepare(residual, r, mus[i], scale, limit, vblock[r])
                 np.dot(vblock[:m], operands[i], block[:m])
                 for r in range(m):
                     bound = row_bound(coefs[i], norms[r], 0.0, 0.0)
@@ -383,3 +383,5 @@ def greedy_encode(z, codebooks, mus, scales, operands, biases, coefs, limit, row
                     if j >= 0:  # a row that cannot be ranked keeps its residual and fails again later
                         for f in range(d):
                             residual[r, f] -= codebook[j, f]
+                    if i + 1 < stages:  # the next stage's scaled row while this one is in cache
+                        norms[r], _, statuses[r] = _prepare(residual, r, mus[i + 1], scales[i + 1], limit, vblock[r])
