@@ -149,7 +149,7 @@ class _BoundRound(torch.autograd.Function):
         d = constants.dim
         # Rows of up to MAX_TILES codes with constants repeated to match: elementwise ops then run
         # contiguous and vectorised instead of broadcasting a (d,) vector over rows of d values.
-        tiles = math.gcd(z.numel() // d, MAX_TILES) if d else 1
+        tiles = math.gcd(z.numel() // d, MAX_TILES)
         rows = z.reshape(-1, tiles * d)
         shift, half_l, offset, half_width = constants.on(z.device, tiles)
         if _on_numpy(rows):
