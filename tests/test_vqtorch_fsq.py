@@ -226,3 +226,14 @@ def test_gradient_under_create_graph_is_the_plain_one():
     (plain,) = torch.autograd.grad(out, z, g, retain_graph=True)
     (graphed,) = torch.autograd.grad(out, z, g.requires_grad_(), create_graph=True)
     assert torch.equal(plain, graphed.detach())
+
+
+@pytest.mark.parametrize("kwargs,shape", [CASES[0], CASES[4], CASES[5]], ids=["plain", "image", "video-projections"])
+def test_torch_path_matches_seed(kwargs, shape, monkeypatch):
+    """The all-torch bound/round (CUDA, bfloat16), forced on CPU here: the seed's numbers too."""
+    import vqtorch.fsq
+
+    monkeypatch.setattr(vqtorch.fsq, "_on_numpy", lambda x: False)
+    theirs, ours = build_pair(seed_fsq.FSQ, FSQ, **kwargs)
+    inputs = [torch.randn(shape, generator=torch.Generator().manual_seed(k)) * 2 for k in range(2)]
+    train_pair(theirs, ours, inputs, fsq_call, steps=2, rtol=0, atol=0 if not ours.has_projections else 1e-6)
