@@ -210,7 +210,7 @@ def assign(x, codebook, metric, indices, dist, sums=None, counts=None, *, precis
 
             certified_assign_bf16(*args, search_plan.engine == "bf16-emulated")
         else:
-            certified_assign(*args)
+            certified_assign(*args, np.zeros(0, dtype=np.int64 if itemsize == 8 else np.int32))
 
 
 def check_rows(x, indices):

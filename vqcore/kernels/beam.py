@@ -3,7 +3,7 @@ import numpy as np
 from numba import prange
 
 from .._config import jit
-from .search import exact_score, finish_row, prepare_row, row_bound
+from .search import finish_row, float_key, prepare_row, row_bound, row_scratch, vector_row_code
 
 #: Codes per block of the beam search's sequential candidate scan (one minimum per block).
 SCAN_BLOCK = 16
@@ -11,14 +11,9 @@ SCAN_BLOCK = 16
 #: extensions' scores are padded to a multiple of it.
 SELECT_BLOCK = 64
 
-#: Mask of a float32's exponent and mantissa bits.
+#: A float32 key's sign shift and exponent-and-mantissa mask (see ``float_key``).
+_SIGN_SHIFT = np.int32(31)
 _MAGNITUDE = np.int32(0x7FFFFFFF)
-
-
-@jit(inline="always")
-def _float_key(bits):
-    """An int32 that orders like the float32 with these bits (its own inverse): integer minima vectorise."""
-    return bits ^ ((bits >> 31) & _MAGNITUDE)
 
 
 @jit(inline="always")
@@ -89,8 +84,8 @@ def _select_extensions(dots, keys, total, values, picks, low, low_bits, found):
     for i in range(blocks):
         smallest = _MAGNITUDE
         for c in range(i * block, (i + 1) * block):
-            smallest = min(smallest, _float_key(keys[c]))
-        low_bits[i] = _float_key(smallest)
+            smallest = min(smallest, float_key(keys[c], _SIGN_SHIFT, _MAGNITUDE))
+        low_bits[i] = float_key(smallest, _SIGN_SHIFT, _MAGNITUDE)
     count = 0
     for i in range(blocks):
         count = _insert(values, picks, count, low[i], i)
@@ -282,46 +277,6 @@ def _prepare(residual, r, mu, scale, limit, out):
     return norm, row_scale, status
 
 
-@jit(inline="always")
-def _nearest(residual, r, codebook, scores, bias, bound, scale, work, keys, iota):
-    """:func:`vqcore.kernels.search.finish_row`'s code for a row on the fast path, in vectorised passes.
-
-    The smallest score comes from an integer minimum over the scores' keys,
-    and the codes within ``2 * bound`` of it are counted (with the sum of
-    their indices, which is the index when only one is left) in a float
-    pass; more than one is re-ranked in float64 as ``finish_row`` does.
-    Scratch: ``work`` (k + 1,) float32 and ``keys``, its int32 view (made
-    once: a view per call costs more than the pass); ``iota`` holds
-    ``0 .. k - 1`` as float32 (read, not converted from the loop index, so
-    the pass vectorises).
-    """
-    k = scores.shape[0]
-    for j in range(k):
-        work[j] = scores[j] + bias[j]
-    smallest = _MAGNITUDE
-    for j in range(k):
-        smallest = min(smallest, _float_key(keys[j]))
-    keys[k] = _float_key(smallest)
-    threshold = np.float64(work[k]) + 2.0 * bound
-    # rounded up past float32, as finish_row does, so the float32 comparison keeps every candidate
-    cut = np.float32(threshold + abs(threshold) * 2.0 ** -20 + 2.0 ** -140)
-    count = np.float32(0.0)
-    index_sum = np.float32(0.0)  # exact: sums of at most k indices stay far below 2**24
-    for j in range(k):
-        inside = work[j] <= cut
-        count += np.float32(1.0) if inside else np.float32(0.0)
-        index_sum += iota[j] if inside else np.float32(0.0)
-    if count == 1.0:
-        return np.int64(index_sum)
-    best, arg = np.inf, -1
-    for j in range(k):
-        if work[j] <= cut:
-            v = exact_score(residual, r, codebook, j, scale, scale, False)
-            if v < best:
-                best, arg = v, j
-    return arg
-
-
 @jit(parallel=True)
 def greedy_encode(z, codebooks, mus, scales, operands, biases, coefs, limit, rows, nthreads, codes):
     """Greedy residual encoding: at every stage the certified nearest code of the float32 residual.
@@ -356,9 +311,7 @@ def greedy_encode(z, codebooks, mus, scales, operands, biases, coefs, limit, row
         block = np.empty((rows, k), dtype=np.float32)
         norms = np.empty(rows)
         statuses = np.empty(rows, dtype=np.int8)
-        work = np.empty(k + 1, dtype=np.float32)
-        keys = work.view(np.int32)
-        iota = np.arange(k).astype(np.float32)
+        scratch = row_scratch(k, block, np.zeros(0, dtype=np.int32))
         indices = np.empty(rows, dtype=np.int64)
         dist = np.empty(rows)
         unused = np.zeros(1, dtype=np.int32)
@@ -374,7 +327,8 @@ def greedy_encode(z, codebooks, mus, scales, operands, biases, coefs, limit, row
                 for r in range(m):
                     bound = row_bound(coefs[i], norms[r], 0.0, 0.0)
                     if statuses[r] == 0:
-                        j = _nearest(residual, r, codebook, block[r], biases[i], bound, scale, work, keys, iota)
+                        j, _, _ = vector_row_code(residual, r, codebook, block[r], biases[i], bound, scale, scale,
+                                                  False, scratch)
                     else:  # beyond float32's range or not finite: the generic path decides
                         finish_row(residual, r, codebook, block[r], biases[i], bound, scale, statuses[r], scale,
                                    False, indices, dist, unused, False)

@@ -130,6 +130,63 @@ def count_within(row, bias, threshold):
 
 
 @jit(inline="always")
+def float_key(bits, sign_shift, magnitude):
+    """An integer that orders like the float with these bits (its own inverse), so minima vectorise.
+
+    ``sign_shift`` and ``magnitude`` are the key type's bits less one and its
+    exponent-and-mantissa mask (31 and ``0x7FFFFFFF`` for float32), of that type.
+    """
+    return bits ^ ((bits >> sign_shift) & magnitude)
+
+
+@jit(inline="always")
+def vector_row_code(x, r, codebook, scores, bias, bound, row_scale, scale, cosine, scratch):
+    """The certified nearest code of a fast-path row (``prepare_row`` status 0), in vectorised passes.
+
+    The same decision as :func:`finish_row`: the smallest ``scores + bias``
+    comes from an integer minimum over the sums' keys, the codes within
+    ``2 * bound`` of it are counted with the sum of their indices (the index
+    when one is left) in a branch-free pass, and two or more are re-ranked in
+    float64 by :func:`rerank`.  ``scratch`` is ``(work, keys, iota, sign_shift,
+    magnitude)`` from :func:`row_scratch`.  Returns ``(code, exact score or
+    NaN when not computed, candidates)``.
+    """
+    work, keys, iota, sign_shift, magnitude = scratch
+    k = scores.shape[0]
+    for j in range(k):
+        work[j] = scores[j] + bias[j]
+    smallest = magnitude
+    for j in range(k):
+        smallest = min(smallest, float_key(keys[j], sign_shift, magnitude))
+    keys[k] = float_key(smallest, sign_shift, magnitude)
+    threshold = np.float64(work[k]) + 2.0 * bound
+    # Rounded up past the working precision, as in finish_row, so the comparison keeps every candidate.
+    cut = work.dtype.type(threshold + abs(threshold) * 2.0 ** -20 + 2.0 ** -140)
+    one, zero = work.dtype.type(1.0), work.dtype.type(0.0)
+    count = zero
+    index_sum = zero  # exact: one index (< k) when it is used
+    for j in range(k):
+        inside = work[j] <= cut
+        count += one if inside else zero
+        index_sum += iota[j] if inside else zero
+    if count == one:
+        return np.int64(index_sum), np.nan, 1
+    j, v = rerank(x, r, codebook, 0, k, scores, bias, np.float64(cut), scale, row_scale, cosine)
+    return j, v, np.int64(count)
+
+
+@jit(inline="always")
+def row_scratch(k, dtype_like, key_like):
+    """Per-thread scratch of :func:`vector_row_code` for ``k`` codes in ``dtype_like``'s precision."""
+    work = np.empty(k + 1, dtype=dtype_like.dtype)
+    keys = work.view(key_like.dtype)
+    iota = np.arange(k).astype(dtype_like.dtype)
+    bits = keys.dtype.type(keys.itemsize * 8 - 1)
+    magnitude = keys.dtype.type((1 << bits) - 1)  # wraps to the largest key for int64
+    return work, keys, iota, bits, magnitude
+
+
+@jit(inline="always")
 def prepare_row(x, r, mu, scale, cosine, limit, out):
     """Write row ``r`` centred and scaled into ``out`` (working precision).
 
@@ -200,6 +257,12 @@ def finish_row(x, r, codebook, scores_row, bias, bound, row_scale, status, scale
             j, v = rerank(x, r, codebook, 0, k, scores_row, bias, threshold, scale, row_scale, cosine)
         else:
             v = exact_score(x, r, codebook, j, scale, row_scale, cosine)
+    finish_code(r, j, v, count, row_scale, scale, cosine, indices, dist, candidates, record)
+
+
+@jit(inline="always")
+def finish_code(r, j, v, count, row_scale, scale, cosine, indices, dist, candidates, record):
+    """Write row ``r``'s code ``j``, its distance from the exact score ``v``, and its candidate count."""
     indices[r] = j
     # back to unscaled units: the distance (its square could underflow), or the dot product for cosine
     dist[r] = -v / (row_scale * scale) if cosine else np.sqrt(v) / scale
@@ -225,7 +288,7 @@ def add_row_stats(x, r, j, t, sums, counts):
 
 @jit(parallel=True)
 def certified_assign(x, codebook, mu, scale, cosine, codes_t, bias, coefs, limit,
-                     rows, nthreads, indices, dist, candidates, record, sums, counts, accumulate):
+                     rows, nthreads, indices, dist, candidates, record, sums, counts, accumulate, key_like):
     """Certified nearest code of every row of ``x``, with BLAS scores in ``codes_t``'s precision.
 
     Parameters
@@ -247,6 +310,7 @@ def certified_assign(x, codebook, mu, scale, cosine, codes_t, bias, coefs, limit
     sums : (nthreads, k, d) float64, zeroed                    # INOUT per-thread sums, if ``accumulate``
     counts : (nthreads, k) float64, zeroed                     # INOUT per-thread counts, if ``accumulate``
     accumulate : bool                                          # IN
+    key_like : (0,) int32/int64, the working float's width     # IN dtype of the scores' integer keys
     """
     n, d = x.shape
     k = codebook.shape[0]
@@ -258,6 +322,7 @@ def certified_assign(x, codebook, mu, scale, cosine, codes_t, bias, coefs, limit
         norms = np.empty(rows)
         row_scales = np.empty(rows)
         statuses = np.empty(rows, dtype=np.int8)
+        scratch = row_scratch(k, codes_t, key_like)
         for b in range(t, nblocks, nthreads):
             start = b * rows
             m = min(n, start + rows) - start
@@ -268,7 +333,14 @@ def certified_assign(x, codebook, mu, scale, cosine, codes_t, bias, coefs, limit
             for i in range(m):
                 r = start + i
                 bound = row_bound(coefs, norms[i], 0.0, 0.0)
-                finish_row(x, r, codebook, block[i], bias, bound, row_scales[i], statuses[i], scale,
-                           cosine, indices, dist, candidates, record)
+                if statuses[i] == 0:
+                    j, v, count = vector_row_code(x, r, codebook, block[i], bias, bound, row_scales[i], scale,
+                                                  cosine, scratch)
+                    if v != v:  # one candidate: its exact score was not needed to choose it
+                        v = exact_score(x, r, codebook, j, scale, row_scales[i], cosine)
+                    finish_code(r, j, v, count, row_scales[i], scale, cosine, indices, dist, candidates, record)
+                else:
+                    finish_row(x, r, codebook, block[i], bias, bound, row_scales[i], statuses[i], scale,
+                               cosine, indices, dist, candidates, record)
                 if accumulate and indices[r] >= 0:
                     add_row_stats(x, r, indices[r], t, sums, counts)
