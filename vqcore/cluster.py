@@ -8,6 +8,7 @@ import numpy as np
 from . import _validate
 from .comm import check_same, resolve_comm
 from .ema import per_set_statistics
+from .kernels.seeding import greedy_kmeanspp
 from .linalg import l2_normalize
 from .sampling import sample_vectors, sample_vectors_distributed
 from .search import assign
@@ -105,33 +106,16 @@ def _greedy_kmeanspp(x, k, rng, weights=None, n_local_trials=None):
     Every step draws ``n_local_trials`` candidates with probability
     proportional to (weight x) squared distance to the nearest chosen centre
     and keeps the one that lowers the potential most (scikit-learn's default,
-    ``2 + log(k)`` trials).
+    ``2 + log(k)`` trials).  The uniforms are drawn here, the steps run in
+    :func:`vqcore.kernels.seeding.greedy_kmeanspp`.
     """
     n = x.shape[0]
     trials = n_local_trials if n_local_trials is not None else 2 + int(np.log(k))
-    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
-    x_sq = np.einsum("nd,nd->n", x, x)
+    w = np.ones(n) if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
     chosen = np.empty(k, dtype=np.int64)
     chosen[0] = rng.integers(n) if weights is None else rng.choice(n, p=w / w.sum())
-    closest = _sq_distances(x, x_sq, x[chosen[:1]])[0]
-    unweighted = weights is None
-
-    def weighted_sum(values):  # float64 totals of float32 distances, without a float64 copy when unweighted
-        return values.sum(axis=-1, dtype=np.float64) if unweighted else values @ w
-
-    potential = weighted_sum(closest)
-    for step in range(1, k):
-        draws = rng.random(trials) * potential
-        candidates = np.searchsorted(np.cumsum(closest, dtype=np.float64) if unweighted else np.cumsum(closest * w),
-                                     draws)
-        np.minimum(candidates, n - 1, out=candidates)
-        dist = _sq_distances(x, x_sq, x[candidates])
-        np.minimum(dist, closest[None, :], out=dist)
-        potentials = weighted_sum(dist)
-        best = int(np.argmin(potentials))
-        chosen[step] = candidates[best]
-        closest = dist[best]
-        potential = potentials[best]
+    draws = rng.random((k - 1, trials))
+    greedy_kmeanspp(np.ascontiguousarray(x.T), np.einsum("nd,nd->n", x, x), w, draws, chosen)
     return chosen
 
 
