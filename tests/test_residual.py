@@ -311,8 +311,6 @@ def test_beam_training_refines_from_beam_codes():
 def test_state_of_vqtorch_residual_vq_loads_and_quantizes_alike():
     torch = pytest.importorskip("torch")
     vqtorch = pytest.importorskip("vqtorch")
-    if not hasattr(vqtorch, "ResidualVQ"):
-        pytest.skip("vqtorch.ResidualVQ not available")
     torch.manual_seed(1)
     layer = vqtorch.ResidualVQ(dim=8, num_quantizers=3, codebook_size=16).eval()
     ours = vqcore.ResidualQuantizer(8, 16, 3).load_state_dict(layer.state_dict())

@@ -331,7 +331,7 @@ def greedy_encode(z, codebooks, mus, scales, operands, biases, coefs, limit, row
                                                   False, scratch)
                     else:  # beyond float32's range or not finite: the generic path decides
                         finish_row(residual, r, codebook, block[r], biases[i], bound, scale, statuses[r], scale,
-                                   False, indices, dist, unused, False)
+                                   False, indices, dist, unused, False, scratch)
                         j = indices[r]
                     codes[start + r, i] = j
                     if j >= 0:  # a row that cannot be ranked keeps its residual and fails again later

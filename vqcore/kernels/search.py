@@ -80,56 +80,6 @@ def rerank(x, r, codebook, first, stop, scores, bias, threshold, scale, row_scal
 
 
 @jit(inline="always")
-def row_argmin(row, bias):
-    """First index of the smallest ``row[j] + bias[j]``, and that value.
-
-    Four independent running minima (codes ``j % 4``) break the dependency
-    chain of a single minimum; the chains are merged with ties going to the
-    lowest index, so the result is the first minimum.
-    """
-    k = row.shape[0]
-    inf = row.dtype.type(np.inf)
-    m0, m1, m2, m3 = inf, inf, inf, inf
-    i0, i1, i2, i3 = 0, 0, 0, 0
-    k4 = k - k % 4
-    for j in range(0, k4, 4):
-        v = row[j] + bias[j]
-        if v < m0:
-            m0, i0 = v, j
-        v = row[j + 1] + bias[j + 1]
-        if v < m1:
-            m1, i1 = v, j + 1
-        v = row[j + 2] + bias[j + 2]
-        if v < m2:
-            m2, i2 = v, j + 2
-        v = row[j + 3] + bias[j + 3]
-        if v < m3:
-            m3, i3 = v, j + 3
-    best, arg = m0, i0
-    if m1 < best or (m1 == best and i1 < arg):
-        best, arg = m1, i1
-    if m2 < best or (m2 == best and i2 < arg):
-        best, arg = m2, i2
-    if m3 < best or (m3 == best and i3 < arg):
-        best, arg = m3, i3
-    for j in range(k4, k):
-        v = row[j] + bias[j]
-        if v < best:
-            best, arg = v, j
-    return arg, best
-
-
-@jit(inline="always")
-def count_within(row, bias, threshold):
-    """Codes whose fast score ``row[j] + bias[j]`` is at most ``threshold``."""
-    t = row.dtype.type(threshold)
-    count = 0
-    for j in range(row.shape[0]):
-        count += (row[j] + bias[j]) <= t
-    return count
-
-
-@jit(inline="always")
 def float_key(bits, sign_shift, magnitude):
     """An integer that orders like the float with these bits (its own inverse), so minima vectorise.
 
@@ -143,13 +93,13 @@ def float_key(bits, sign_shift, magnitude):
 def vector_row_code(x, r, codebook, scores, bias, bound, row_scale, scale, cosine, scratch):
     """The certified nearest code of a fast-path row (``prepare_row`` status 0), in vectorised passes.
 
-    The same decision as :func:`finish_row`: the smallest ``scores + bias``
-    comes from an integer minimum over the sums' keys, the codes within
-    ``2 * bound`` of it are counted with the sum of their indices (the index
-    when one is left) in a branch-free pass, and two or more are re-ranked in
-    float64 by :func:`rerank`.  ``scratch`` is ``(work, keys, iota, sign_shift,
-    magnitude)`` from :func:`row_scratch`.  Returns ``(code, exact score or
-    NaN when not computed, candidates)``.
+    The smallest ``scores + bias`` comes from an integer minimum over the
+    sums' keys, the codes within ``2 * bound`` of it are counted with the sum
+    of their indices (the index when one is left) in a branch-free pass, and
+    two or more are re-ranked in float64 by :func:`rerank`, ties to the lowest
+    index.  ``scratch`` is ``(work, keys, iota, sign_shift, magnitude)`` from
+    :func:`row_scratch`.  Returns ``(code, exact score, candidates)``; the
+    exact score is computed only when there were two or more candidates.
     """
     work, keys, iota, sign_shift, magnitude = scratch
     k = scores.shape[0]
@@ -160,7 +110,8 @@ def vector_row_code(x, r, codebook, scores, bias, bound, row_scale, scale, cosin
         smallest = min(smallest, float_key(keys[j], sign_shift, magnitude))
     keys[k] = float_key(smallest, sign_shift, magnitude)
     threshold = np.float64(work[k]) + 2.0 * bound
-    # Rounded up past the working precision, as in finish_row, so the comparison keeps every candidate.
+    # Round the threshold up past the working precision, so the comparison
+    # in that precision can only keep more codes, never fewer.
     cut = work.dtype.type(threshold + abs(threshold) * 2.0 ** -20 + 2.0 ** -140)
     one, zero = work.dtype.type(1.0), work.dtype.type(0.0)
     count = zero
@@ -170,7 +121,7 @@ def vector_row_code(x, r, codebook, scores, bias, bound, row_scale, scale, cosin
         count += one if inside else zero
         index_sum += iota[j] if inside else zero
     if count == one:
-        return np.int64(index_sum), np.nan, 1
+        return np.int64(index_sum), 0.0, 1
     j, v = rerank(x, r, codebook, 0, k, scores, bias, np.float64(cut), scale, row_scale, cosine)
     return j, v, np.int64(count)
 
@@ -233,10 +184,11 @@ def prepare_block(x, start, mu, scale, cosine, limit, vblock, norms, row_scales,
 
 @jit(inline="always")
 def finish_row(x, r, codebook, scores_row, bias, bound, row_scale, status, scale, cosine,
-               indices, dist, candidates, record):
+               indices, dist, candidates, record, scratch):
     """Select the certified nearest code of row ``r`` from its fast scores (fills the OUT arrays).
 
-    ``bound`` bounds the rounding error of every fast score of the row.
+    ``bound`` bounds the rounding error of every fast score of the row;
+    ``scratch`` is :func:`row_scratch`'s, for :func:`vector_row_code`.
     """
     k = codebook.shape[0]
     if status == 1 or status == 3:
@@ -247,15 +199,8 @@ def finish_row(x, r, codebook, scores_row, bias, bound, row_scale, status, scale
         j, v = rerank(x, r, codebook, 0, k, scores_row[:0], bias, 0.0, scale, row_scale, cosine)
         count = k
     else:
-        j, m = row_argmin(scores_row, bias)
-        threshold = np.float64(m) + 2.0 * bound
-        # Round the threshold up past the working precision, so the comparison
-        # in that precision can only keep more codes, never fewer.
-        threshold = np.float64(scores_row.dtype.type(threshold + abs(threshold) * 2.0 ** -20 + 2.0 ** -140))
-        count = count_within(scores_row, bias, threshold)
-        if count > 1:
-            j, v = rerank(x, r, codebook, 0, k, scores_row, bias, threshold, scale, row_scale, cosine)
-        else:
+        j, v, count = vector_row_code(x, r, codebook, scores_row, bias, bound, row_scale, scale, cosine, scratch)
+        if count == 1:  # chosen without its exact score, which dist needs
             v = exact_score(x, r, codebook, j, scale, row_scale, cosine)
     finish_code(r, j, v, count, row_scale, scale, cosine, indices, dist, candidates, record)
 
@@ -333,14 +278,7 @@ def certified_assign(x, codebook, mu, scale, cosine, codes_t, bias, coefs, limit
             for i in range(m):
                 r = start + i
                 bound = row_bound(coefs, norms[i], 0.0, 0.0)
-                if statuses[i] == 0:
-                    j, v, count = vector_row_code(x, r, codebook, block[i], bias, bound, row_scales[i], scale,
-                                                  cosine, scratch)
-                    if v != v:  # one candidate: its exact score was not needed to choose it
-                        v = exact_score(x, r, codebook, j, scale, row_scales[i], cosine)
-                    finish_code(r, j, v, count, row_scales[i], scale, cosine, indices, dist, candidates, record)
-                else:
-                    finish_row(x, r, codebook, block[i], bias, bound, row_scales[i], statuses[i], scale,
-                               cosine, indices, dist, candidates, record)
+                finish_row(x, r, codebook, block[i], bias, bound, row_scales[i], statuses[i], scale,
+                           cosine, indices, dist, candidates, record, scratch)
                 if accumulate and indices[r] >= 0:
                     add_row_stats(x, r, indices[r], t, sums, counts)

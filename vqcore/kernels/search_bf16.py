@@ -15,7 +15,7 @@ from numba import prange
 
 from .._config import jit
 from .bf16 import _dot_block_impl, bf16_round, to_bf16_pairs
-from .search import add_row_stats, finish_row, prepare_block, row_bound
+from .search import add_row_stats, finish_row, prepare_block, row_bound, row_scratch
 
 
 @jit(inline="always")
@@ -54,6 +54,7 @@ def certified_assign_bf16(x, codebook, mu, scale, cosine, b_packed, bias, coefs,
         norms = np.empty(rows)
         row_scales = np.empty(rows)
         statuses = np.empty(rows, dtype=np.int8)
+        scratch = row_scratch(k, sslabs, np.zeros(0, dtype=np.int32))
         for b in range(t, nblocks, nthreads):
             start = b * rows
             m = min(n, start + rows) - start
@@ -69,6 +70,6 @@ def certified_assign_bf16(x, codebook, mu, scale, cosine, b_packed, bias, coefs,
                 nb, nr = split_norms(vblock[i], rounded[i])
                 bound = row_bound(coefs, norms[i], nr, nb)
                 finish_row(x, r, codebook, block[i], bias, bound, row_scales[i], statuses[i], scale,
-                           cosine, indices, dist, candidates, record)
+                           cosine, indices, dist, candidates, record, scratch)
                 if accumulate and indices[r] >= 0:
                     add_row_stats(x, r, indices[r], t, sums, counts)
