@@ -68,15 +68,15 @@ def _fsq_case(shape, dim, config):
     impls = [Impl(name, lambda module=module: _train_step(_fsq(module, dim), x, _fsq_loss))
              for name, module in ((SEED, "vector_quantize_pytorch"), (OURS, "vqtorch"))]
     if dim:
-        case.notes.append(f"both libraries run the same nn.Linear projections (skinny GEMMs of inner size "
-                          f"{len(LEVELS)}), in the same layouts: other layouts are faster but round differently "
-                          f"from the seed; the '{FLOOR}' row times them with tanh in place of the quantizer")
+        case.notes.append(f"the seed runs its projections as nn.Linear GEMMs of inner or outer size "
+                          f"{len(LEVELS)}; vqtorch fuses them with the bound into one pass over the rows each "
+                          f"way. The '{FLOOR}' row times the two nn.Linear around a tanh: the seed's floor")
         impls.append(Impl(FLOOR, lambda: _train_step(_projections_only(dim), x, _floor_loss)))
     return run_case(case, impls, config.repeat, config.budget_s, config.threads)
 
 
 def _projections_only(dim):
-    """The projections of ``FSQ(LEVELS, dim=dim)`` around a tanh: the part no FSQ can avoid."""
+    """The projections of ``FSQ(LEVELS, dim=dim)`` as ``nn.Linear`` calls around a tanh: the seed's floor."""
     layer = _fsq("vqtorch", dim)
     return lambda leaf: layer.project_out(layer.project_in(leaf).tanh())
 

@@ -67,7 +67,7 @@ def train_pair(theirs, ours, inputs, call, steps=3, lr=0.05, rtol=1e-5, atol=1e-
         assert_same(out_o, out_t, rtol, atol, f"outputs at step {step}")
         loss_t.backward()
         loss_o.backward()
-        torch.testing.assert_close(x_o.grad, x_t.grad, rtol=rtol, atol=atol, msg=f"input gradient, step {step}")
+        torch.testing.assert_close(x_o.grad, x_t.grad, rtol=rtol, atol=atol, msg=lambda m: f"input gradient, step {step}: {m}")
         for opt in (opt_t, opt_o):
             if opt is not None:
                 opt.step()
@@ -96,6 +96,18 @@ CASES = [
 ]
 
 
+# With projections, vqtorch fuses them with the bound on CPU (float32/float64): its sums run in
+# another order than BLAS's, so float32 values differ from the seed's in the last bits, and
+# SGD steps carry the difference on; indices stay equal. float64 shows the same numbers
+# (test_fused_projections_match_module_calls).
+PROJECTION_TOL = dict(rtol=1e-4, atol=1e-5)
+
+
+def tolerance(layer):
+    """Bit for bit without projections; :data:`PROJECTION_TOL` with them."""
+    return PROJECTION_TOL if layer.has_projections else dict(rtol=0, atol=0)
+
+
 def fsq_call(layer, x):
     out, indices = layer(x)
     return (out, indices), weighted_sum(out)
@@ -106,14 +118,14 @@ def test_training_steps_match_seed(kwargs, shape):
     theirs, ours = build_pair(seed_fsq.FSQ, FSQ, **kwargs)
     gen = torch.Generator().manual_seed(0)
     inputs = [torch.randn(shape, generator=gen) * 2 for _ in range(3)]
-    train_pair(theirs, ours, inputs, fsq_call, rtol=0, atol=0 if not ours.has_projections else 1e-6)
+    train_pair(theirs, ours, inputs, fsq_call, **tolerance(ours))
     torch.testing.assert_close(ours.implicit_codebook, theirs.implicit_codebook, rtol=0, atol=0)
     # eval mode and the inverse map, through the projections too
     ours.eval(), theirs.eval()
     out_o, idx_o = ours(inputs[0])
     out_t, idx_t = theirs(inputs[0])
     assert torch.equal(idx_o, idx_t)
-    torch.testing.assert_close(ours.indices_to_codes(idx_o), theirs.indices_to_codes(idx_t), rtol=0, atol=0)
+    torch.testing.assert_close(ours.indices_to_codes(idx_o), theirs.indices_to_codes(idx_t), **tolerance(ours))
     torch.testing.assert_close(ours.indices_to_codes(idx_o, project_out=False),
                                theirs.indices_to_codes(idx_t, project_out=False), rtol=0, atol=0)
     torch.testing.assert_close(ours.indices_to_codes(idx_o), out_o, rtol=1e-6, atol=1e-6)
@@ -234,6 +246,7 @@ def test_torch_path_matches_seed(kwargs, shape, monkeypatch):
     import vqtorch.fsq
 
     monkeypatch.setattr(vqtorch.fsq, "_on_numpy", lambda x: False)
+    monkeypatch.setattr(vqtorch.fsq.FSQ, "_fused_applies", lambda self, z: False)
     theirs, ours = build_pair(seed_fsq.FSQ, FSQ, **kwargs)
     inputs = [torch.randn(shape, generator=torch.Generator().manual_seed(k)) * 2 for k in range(2)]
     train_pair(theirs, ours, inputs, fsq_call, steps=2, rtol=0, atol=0 if not ours.has_projections else 1e-6)

@@ -4,7 +4,9 @@ Each feature is bounded with ``tanh`` into ``levels[i]`` steps and rounded, with
 straight-through gradient (https://arxiv.org/abs/2309.15505). The bound, the rounding, the
 rescaling and the index are one fused step (:class:`_BoundRound`) instead of a dozen tensor
 operations, and the level constants are computed once per device instead of per call. On CPU
-its elementwise steps run in numpy on the calling thread (see :func:`_bound_round_numpy`).
+its elementwise steps run in numpy on the calling thread (see :func:`_bound_round_numpy`), and
+with projections the two ``nn.Linear`` and the bound are one compiled pass over the rows each
+way (:class:`_ProjectedBoundRound`).
 """
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from vqcore._config import num_threads
 from vqcore.fsq import check_int, check_levels, resolve_keep_dim
+from vqcore.kernels.fsq import fsq_project_backward, fsq_project_forward
 
 __all__ = ["FSQ"]
 
@@ -116,6 +120,20 @@ class _LevelConstants:
             self._on[key] = tuple(t.numpy() for t in self.on("cpu", tiles))
         return self._on[key]
 
+    def fused(self, codebooks, dtype):
+        """The constants of :func:`fsq_project_forward` for ``codebooks`` side by side, in numpy ``dtype``.
+
+        ``(shift, half_l, offset, half_width, radix)``: the float32 constants converted
+        exactly to ``dtype`` (as torch promotes them against a float64 input), and the
+        int64 place value of each dim.
+        """
+        key = ("fused", codebooks, dtype)
+        if key not in self._on:
+            floats = tuple(t.numpy().astype(dtype) for t in self.on("cpu", codebooks))
+            radix = np.tile(self.basis.numpy().astype(np.int64), codebooks)
+            self._on[key] = (*floats, radix)
+        return self._on[key]
+
     def basis_on(self, dtype, device):
         """The index basis as a (codebook_dim,) vector of ``dtype`` on ``device``."""
         key = (str(device), dtype)
@@ -177,6 +195,108 @@ class _BoundRound(torch.autograd.Function):
             grad = torch.ops.aten.tanh_backward(torch.div(grad_codes, half_width).mul_(half_l), t)
         grad = grad.view(ctx.z_shape)
         return grad if grad.dtype == ctx.z_dtype else grad.to(ctx.z_dtype), None
+
+
+class _ProjectedBoundRound(torch.autograd.Function):
+    """``project_out(bound_round(project_in(x)))`` on CPU in one fused pass each way.
+
+    ``x`` is (n, dim), contiguous, float32 or float64 like the four parameters. Returns
+    ``out`` (n, dim) and the int32 indices (n, codebooks). The projections sum in a
+    different order from BLAS (so values differ from ``nn.Linear``'s in the last bits);
+    the chain through the bound is :class:`_BoundRound`'s.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w_in, b_in, w_out, b_out, constants):
+        n, dim = x.shape
+        width = w_in.shape[0]
+        codebooks = width // constants.dim
+        shift, half_l, offset, half_width, radix = constants.fused(codebooks, _NUMPY_DTYPES[x.dtype])
+        t = torch.empty(n, width, dtype=x.dtype)
+        codes = torch.empty(n, width, dtype=x.dtype)
+        out = torch.empty(n, dim, dtype=x.dtype)
+        indices = torch.empty(n, codebooks, dtype=torch.int32)
+        w_out_t = w_out.detach().t().contiguous()
+        fsq_project_forward(x.detach().numpy(), w_in.detach().numpy(), b_in.detach().numpy(), w_out_t.numpy(),
+                            b_out.detach().numpy(), shift, half_l, offset, half_width, radix,
+                            int(constants.index_base), num_threads(), t.numpy(), codes.numpy(), out.numpy(),
+                            indices.numpy())
+        ctx.save_for_backward(x, w_in, w_out, t, codes)
+        ctx.constants = constants
+        ctx.mark_non_differentiable(indices)
+        return out, indices
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_indices):
+        x, w_in, w_out, t, codes = ctx.saved_tensors
+        half_l, half_width = ctx.constants.on("cpu", t.shape[1] // ctx.constants.dim)[1::2]
+        if torch.is_grad_enabled():  # a backward with create_graph: torch ops, which it records
+            through = torch.ops.aten.tanh_backward(torch.div(grad_out @ w_out, half_width).mul_(half_l), t)
+            grads = (through @ w_in, through.t() @ x, through.sum(0), grad_out.t() @ codes, grad_out.sum(0))
+        else:
+            grads = _fused_backward(grad_out, x, w_in, w_out, t, codes, half_l, half_width)
+        return (*(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad)), None)
+
+
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _fused_backward(grad_out, x, w_in, w_out, t, codes, half_l, half_width):
+    """:func:`fsq_project_backward` on tensors: ``(grad_x, grad_w_in, grad_b_in, grad_w_out, grad_b_out)``."""
+    n, dim = x.shape
+    width = w_in.shape[0]
+    threads = num_threads()
+    dtype = _NUMPY_DTYPES[x.dtype]
+    grad_x = torch.empty(n, dim, dtype=x.dtype)
+    parts = [np.zeros((threads, width, dim)), np.zeros((threads, width)),
+             np.zeros((threads, width, dim)), np.zeros((threads, dim))]
+    grad = grad_out.detach()
+    if grad.dtype != x.dtype:
+        grad = grad.to(x.dtype)
+    # a gradient broadcast from a sum has zero strides: read in place rather than materialised
+    fsq_project_backward(grad.numpy(), x.detach().numpy(), w_in.detach().numpy(),
+                         w_out.detach().t().contiguous().numpy(), t.numpy(), codes.numpy(),
+                         half_l.numpy().astype(dtype), half_width.numpy().astype(dtype), threads,
+                         grad_x.numpy(), *parts)
+    grad_w_in, grad_b_in, grad_w_out_t, grad_b_out = (torch.from_numpy(p.sum(0).astype(dtype)) for p in parts)
+    return grad_x, grad_w_in, grad_b_in, grad_w_out_t.t().contiguous(), grad_b_out
+
+
+def _plain_linear(module, dtype):
+    """Whether ``module`` is an unmodified ``nn.Linear`` (bias, no hooks) with CPU parameters of ``dtype``."""
+    if type(module) is not nn.Linear or module.bias is None:
+        return False
+    if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks \
+            or getattr(module, "_backward_pre_hooks", None):
+        return False
+    return all(p.device.type == "cpu" and p.dtype == dtype and type(p) in (nn.Parameter, torch.Tensor)
+               for p in (module.weight, module.bias))
+
+
+def _global_module_hooks():
+    """Whether hooks registered for every module are active (the fused path would skip them)."""
+    from torch.nn.modules import module as module_mod
+
+    return any(getattr(module_mod, name, None) for name in (
+        "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+        "_global_backward_pre_hooks"))
+
+
+def bound_round(z, constants):
+    """:class:`_BoundRound` in eager mode; under ``torch.compile``, the same steps as plain tensor ops.
+
+    The compiler cannot trace through the custom backward (it saves an intermediate that
+    dynamo refuses), and plain ops let it fuse the steps itself.
+    """
+    if not torch.compiler.is_compiling():
+        return _BoundRound.apply(z, constants)
+    d = constants.dim
+    rows = z.unflatten(-1, (-1, d))
+    shift, half_l, offset, half_width = constants.on(z.device)
+    bounded = torch.tanh(rows + shift) * half_l - offset
+    levels = bounded + (bounded.round() - bounded).detach()  # rounded, straight-through
+    indices = constants.indices(levels.detach().reshape(-1, d)).view(rows.shape[:-1])
+    return (levels / half_width).flatten(-2), indices
 
 
 def _on_numpy(x):
@@ -279,7 +399,7 @@ class FSQ(nn.Module):
         """Quantize ``z`` of shape (..., codebook_dim) to normalised codes in [-1, 1], straight-through."""
         if z.shape[-1] != self.codebook_dim:
             raise ValueError(f"z has {z.shape[-1]} features, expected codebook_dim={self.codebook_dim}.")
-        codes, _ = _BoundRound.apply(z, self._constants)
+        codes, _ = bound_round(z, self._constants)
         return codes
 
     def codes_to_indices(self, zhat):
@@ -334,14 +454,33 @@ class FSQ(nn.Module):
             z = z.float()
         with no_cuda_autocast():
             z, layout = channel_last_tokens(z, self.dim)
-            codes, indices = _BoundRound.apply(self.project_in(z), self._constants)
-            out = self.project_out(codes)
+            if self._fused_applies(z):
+                rows = z.reshape(-1, self.dim).contiguous()
+                out, indices = _ProjectedBoundRound.apply(rows, self.project_in.weight, self.project_in.bias,
+                                                          self.project_out.weight, self.project_out.bias,
+                                                          self._constants)
+                out, indices = out.view(z.shape), indices.view(*z.shape[:-1], self.num_codebooks)
+            else:
+                codes, indices = bound_round(self.project_in(z), self._constants)
+                out = self.project_out(codes)
         out, indices = restore_layout(out, indices, layout)
         if not self.keep_num_codebooks_dim:
             indices = indices.squeeze(-1)
         if out.dtype != orig_dtype:
             out = out.to(orig_dtype)
         return out, indices
+
+    def _fused_applies(self, z):
+        """Whether the projections and the bound run fused (:class:`_ProjectedBoundRound`).
+
+        For CPU float32/float64 inputs through plain ``nn.Linear`` projections; anything the
+        fused kernel would change the meaning of (hooks, subclasses or parametrizations,
+        CPU autocast, tracing and compiling) takes the module calls.
+        """
+        return (self.has_projections and z.device.type == "cpu" and z.dtype in _NUMPY_DTYPES
+                and _plain_linear(self.project_in, z.dtype) and _plain_linear(self.project_out, z.dtype)
+                and not _global_module_hooks() and not torch.is_autocast_enabled("cpu")
+                and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
 
     def to_vqcore(self):
         """A ``vqcore.fsq.FSQ`` with these levels and projections, for numpy-only encode/decode."""

@@ -1,0 +1,109 @@
+"""FSQ between two linear projections, fused: one pass over the rows forward, one backward.
+
+``x -> z = x W_in^T + b_in -> t = tanh(z + shift) -> q = rint(t half_l - offset)
+-> code = q / half_width -> out = code W_out^T + b_out`` for each row, with the
+straight-through backward. Unfused, each of the five steps is a pass over an
+(n, dim) or (n, C) array and the two projections are GEMMs whose inner or outer size
+is the handful of codebook dims, a shape BLAS handles poorly; fused, a row is read
+and written once each way and the weight gradients are summed per thread.
+"""
+import numpy as np
+from numba import prange
+
+from .._config import jit
+
+
+@jit(parallel=True)
+def fsq_project_forward(x, w_in, b_in, w_out_t, b_out, shift, half_l, offset, half_width, radix, index_base,
+                        nthreads, t, codes, out, indices):
+    """Project, bound, round and project back every row of ``x``.
+
+    Parameters
+    ----------
+    x : (n, dim) float                                # IN
+    w_in : (C, dim) float, b_in : (C,) float          # IN  project_in (C = codebooks * d)
+    w_out_t : (C, dim) float, b_out : (dim,) float    # IN  project_out, weight transposed
+    shift, half_l, offset, half_width : (C,) float    # IN  the bound's constants, tiled per codebook
+    radix : (C,) int64                                # IN  mixed-radix place value of each dim
+    index_base : int                                  # IN  sum of half_width * radix over one codebook
+    nthreads : int                                    # IN
+    t : (n, C) float                                  # OUT tanh(z + shift), for the backward
+    codes : (n, C) float                              # OUT normalised codes in [-1, 1]
+    out : (n, dim) float                              # OUT
+    indices : (n, codebooks) int32                    # OUT
+    """
+    n, dim = x.shape
+    width = w_in.shape[0]
+    d = width // indices.shape[1]
+    per_thread = (n + nthreads - 1) // nthreads
+    for worker in prange(nthreads):
+        for i in range(worker * per_thread, min(n, (worker + 1) * per_thread)):
+            row, out_row = x[i], out[i]
+            out_row[:] = b_out
+            for j in range(width):
+                z = b_in[j]
+                w = w_in[j]
+                for f in range(dim):
+                    z += row[f] * w[f]
+                bounded = np.tanh(z + shift[j])
+                level = np.rint(bounded * half_l[j] - offset[j])
+                code = level / half_width[j]
+                t[i, j] = bounded
+                codes[i, j] = code
+                w = w_out_t[j]
+                for f in range(dim):
+                    out_row[f] += code * w[f]
+            for c in range(indices.shape[1]):
+                index = index_base
+                for j in range(c * d, (c + 1) * d):
+                    index += np.int64(np.rint(codes[i, j] * half_width[j])) * radix[j]
+                indices[i, c] = index
+
+
+@jit(parallel=True)
+def fsq_project_backward(grad, x, w_in, w_out_t, t, codes, half_l, half_width, nthreads,
+                         grad_x, grad_w_in, grad_b_in, grad_w_out_t, grad_b_out):
+    """Gradients of :func:`fsq_project_forward`, straight through the rounding.
+
+    The chain through the bound is the seed's: ``((g / half_width) * half_l) * (1 - t**2)``.
+    Weight and bias gradients are summed in float64, per thread (callers add the threads).
+
+    Parameters
+    ----------
+    grad : (n, dim) float                              # IN  gradient of ``out`` (any strides)
+    x, w_in, w_out_t, t, codes, half_l, half_width     # IN  as in the forward
+    nthreads : int                                     # IN
+    grad_x : (n, dim) float                            # OUT
+    grad_w_in : (nthreads, C, dim) float64, zeroed     # INOUT
+    grad_b_in : (nthreads, C) float64, zeroed          # INOUT
+    grad_w_out_t : (nthreads, C, dim) float64, zeroed  # INOUT project_out's weight gradient, transposed
+    grad_b_out : (nthreads, dim) float64, zeroed       # INOUT
+    """
+    n, dim = x.shape
+    width = w_in.shape[0]
+    per_thread = (n + nthreads - 1) // nthreads
+    for worker in prange(nthreads):
+        through = np.empty(width, dtype=grad_x.dtype)
+        zero = np.zeros(1, dtype=grad_x.dtype)[0]  # typed literals: an untyped 1 would promote to float64
+        one = np.ones(1, dtype=grad_x.dtype)[0]
+        for i in range(worker * per_thread, min(n, (worker + 1) * per_thread)):
+            g, row, grad_row = grad[i], x[i], grad_x[i]
+            bias_acc = grad_b_out[worker]
+            for f in range(dim):
+                bias_acc[f] += g[f]
+            for j in range(width):
+                w, acc = w_out_t[j], grad_w_out_t[worker, j]
+                code = codes[i, j]
+                s = zero
+                for f in range(dim):
+                    s += g[f] * w[f]
+                    acc[f] += g[f] * code
+                through[j] = ((s / half_width[j]) * half_l[j]) * (one - t[i, j] * t[i, j])
+                grad_b_in[worker, j] += through[j]
+            grad_row[:] = 0
+            for j in range(width):
+                g_z = through[j]
+                w, acc = w_in[j], grad_w_in[worker, j]
+                for f in range(dim):
+                    grad_row[f] += g_z * w[f]
+                    acc[f] += g_z * row[f]
