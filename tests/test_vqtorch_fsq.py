@@ -216,12 +216,14 @@ def test_buffers_and_keys_like_seed():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
 @pytest.mark.parametrize("loss", ["sum", "weighted"])
-def test_large_inputs_match_seed_bit_for_bit(dtype, loss):
+@pytest.mark.parametrize("tokens", [3001, 7001], ids=["inline-chunks", "thread-pool"])
+def test_large_inputs_match_seed_bit_for_bit(dtype, loss, tokens):
     """Sizes where torch's elementwise ops run multi-threaded and vectorised, the CPU numpy path
-    against the seed: outputs, indices and input gradients (a broadcast one from ``sum`` too)."""
+    against the seed: outputs, indices and input gradients (a broadcast one from ``sum`` too).
+    120,048 elements run tanh in inline chunks, 280,048 whole (vqtorch.fsq.INLINE_LIMIT)."""
     allowed = (torch.float32, torch.float64, torch.float16)
     theirs, ours = build_pair(seed_fsq.FSQ, FSQ, levels=[8, 5, 5, 5], num_codebooks=2, allowed_dtypes=allowed)
-    x = (torch.randn(5, 3001, 8, generator=torch.Generator().manual_seed(3)) * 2).to(dtype)
+    x = (torch.randn(5, tokens, 8, generator=torch.Generator().manual_seed(3)) * 2).to(dtype)
 
     def call(layer, x):
         out, indices = layer(x)
