@@ -106,3 +106,20 @@ def test_beam_blocks_and_threads_do_not_change_codes(monkeypatch):
     monkeypatch.setattr(vqcore.beam, "BEAM_BLOCK_BYTES", 1)
     np.testing.assert_array_equal(vqcore.beam.beam_encode(z, books, 4), whole)
     assert vqcore.beam.beam_encode(z[:0], books, 4).shape == (0, 3)
+
+
+def test_beam_training_buffers_hold_the_stagewise_beams_and_their_float32_rows():
+    """BeamTraining's alternating buffers give the beams of fresh extensions, and float32 rows of them."""
+    rng = np.random.default_rng(6)
+    books = stacked_books(rng, 4, 37, 7)
+    z = rng.standard_normal((500, 7)).astype(np.float32)
+    training = vqcore.beam.BeamTraining(z, 3)
+    np.testing.assert_array_equal(training.residual32, z)
+    beams = vqcore.beam.beam_start(z)
+    for i in range(len(books)):
+        training.extend(books[:i + 1])
+        beams = vqcore.beam.beam_extend(z, beams, books[i], vqcore.beam.beam_tables(books, i), 3)
+        for got, want in zip(training.beams, beams):
+            np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(training.residual32, beams[0].reshape(-1, 7).astype(np.float32))
+    assert beams[2].shape == (500, 3, 4)

@@ -5,7 +5,6 @@ import numpy as np
 
 from ._config import num_threads, single_threaded_blas
 from .kernels import beam as kernels
-from .kernels.beam import beam_step
 from .search import check_rows, plan
 
 #: Bytes of a greedy block's residuals and scores, kept through all stages: near a core's L2 cache, and few
@@ -17,8 +16,6 @@ BEAM_BLOCK_BYTES = 256 << 10
 #: Bound on the float32 extension scores below which they cannot overflow (float32's largest is 3.4e38;
 #: the margin covers rounding).
 SCORE_LIMIT = 1e37
-#: Rows a beam-training step extends at once (bounds its (rows, beam, codes) scratch).
-BEAM_CHUNK_ROWS = 2048
 
 
 def greedy_encode(z, embeds):
@@ -124,28 +121,68 @@ def beam_start(z):
     return residual, np.einsum("nbd,nbd->nb", residual, residual), np.zeros((len(z), 1, 0), dtype=np.int64)
 
 
-def beam_extend(z, beams, codebook, tables, beam_size):
+def beam_extend(z, beams, codebook, tables, beam_size, *, out=None, residual32=None):
     """Extend every row's beams by one stage's codebook; returns the new ``(residual, error, codes)``.
 
-    Rows are processed ``BEAM_CHUNK_ROWS`` at a time, so scratch memory stays bounded.
+    One kernel call over blocks of rows (each block's ``x @ C.T`` in a
+    per-thread buffer).  ``out``: optional flat float64 buffers
+    ``(residual, error)`` of at least ``n * width * d`` and ``n * width``
+    elements that receive the new residuals and errors (the returned arrays
+    are views of them); ``residual32``: optional float32 array of shape
+    ``(n * width, d)`` that receives the new residuals rounded to float32.
     """
-    if len(z) > BEAM_CHUNK_ROWS:
-        parts = [beam_extend(z[s:s + BEAM_CHUNK_ROWS], tuple(a[s:s + BEAM_CHUNK_ROWS] for a in beams), codebook,
-                             tables, beam_size) for s in range(0, len(z), BEAM_CHUNK_ROWS)]
-        return tuple(np.concatenate(arrays) for arrays in zip(*parts))
     residual, error, codes = beams
     codes_t, cross, c_sq = tables
     n, b, d = residual.shape
     k = codebook.shape[0]
     width = min(beam_size, b * k)
-    x_dot = z @ codes_t  # (n, k); the kernel subtracts the earlier codes' products
-    new_residual = np.empty((n, width, d))
-    new_error = np.empty((n, width))
-    parent = np.empty((n, width), dtype=np.int64)
-    chosen = np.empty((n, width), dtype=np.int64)
-    finite = n == 0 or scores_stay_finite(float(error.max()), float(np.abs(x_dot).max()), c_sq, cross)
-    beam_step(x_dot, cross, np.ascontiguousarray(codes), error, c_sq, residual, codebook, finite, num_threads(),
-              new_residual, new_error, parent, chosen)
-    rows = np.arange(n)[:, None]
-    new_codes = np.concatenate([codes[rows, parent], chosen[:, :, None]], axis=2)
+    if out is None:
+        out = np.empty(n * width * d), np.empty(n * width)
+    new_residual = out[0][:n * width * d].reshape(n, width, d)
+    new_error = out[1][:n * width].reshape(n, width)
+    new_codes = np.empty((n, width, codes.shape[2] + 1), dtype=np.int64)
+    if n == 0:
+        return new_residual, new_error, new_codes
+    # every x . c is at most |x| max|c|
+    x_norm = np.sqrt(np.einsum("nd,nd->n", z, z, dtype=np.float64).max())
+    finite = scores_stay_finite(float(error.max()), x_norm * np.sqrt(float(c_sq.max())), c_sq, cross)
+    threads = num_threads()
+    rows = max(1, min(BEAM_BLOCK_BYTES // (k * 4), -(-n // threads)))
+    write32 = residual32 is not None
+    with single_threaded_blas():
+        kernels.beam_extend(z, codes_t, cross, c_sq, codebook, np.ascontiguousarray(codes), error, residual, finite,
+                            rows, threads, write32, new_codes, new_error, new_residual,
+                            residual32 if write32 else np.empty((0, d), dtype=np.float32))
     return new_residual, new_error, new_codes
+
+
+class BeamTraining:
+    """The beams of every row through the stages of a beam-trained residual stack (faiss's training).
+
+    Holds two sets of float64 buffers that the stages' beams alternate
+    between, and the float32 residuals of the beams last kept, the rows
+    the next stage's k-means trains on.
+
+    Parameters
+    ----------
+    z : ndarray of float32, shape (n, d), C-contiguous
+    beam_size : int
+    """
+
+    def __init__(self, z, beam_size):
+        n, d = z.shape
+        self.z, self.beam_size = z, beam_size
+        self.beams = beam_start(z)
+        self.residual32 = z  # one beam per row: the input itself
+        self._spare = [(np.empty(n * beam_size * d), np.empty(n * beam_size)) for _ in range(2)]
+        self._rows32 = np.empty((n * beam_size, d), dtype=np.float32)
+
+    def extend(self, embeds):
+        """Extend the beams by the last of ``embeds`` (shape (stages so far, k, d)); updates :attr:`residual32`."""
+        i = len(embeds) - 1
+        n, b, d = self.beams[0].shape
+        width = min(self.beam_size, b * embeds.shape[1])
+        out, self._spare = self._spare[0], self._spare[::-1]
+        self.residual32 = self._rows32[:n * width]
+        self.beams = beam_extend(self.z, self.beams, embeds[i], beam_tables(embeds, i), self.beam_size, out=out,
+                                 residual32=self.residual32)

@@ -14,7 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _validate
-from .beam import beam_encode, beam_extend, beam_start, beam_tables, greedy_encode
+from .beam import BeamTraining, beam_encode, greedy_encode
 from .cluster import kmeans
 from .codebook import CosineSimCodebook, EuclideanCodebook
 from .comm import check_same, resolve_comm
@@ -375,14 +375,19 @@ class ResidualQuantizer:
 
     def _stage_kmeans(self, g, i, target, start=None, **kwargs):
         """k-means of stage ``i`` on ``target``; loads the result; returns the residual after the stage."""
+        data, means = self._stage_fit(g, i, target, start, **kwargs)
+        codes = self._assign(data, means)
+        return target - means[codes], codes
+
+    def _stage_fit(self, g, i, target, start=None, **kwargs):
+        """k-means of stage ``i`` on ``target``, loaded into the stage; returns ``(the rows clustered, means)``."""
         metric = "cosine" if self.use_cosine_sim else "euclidean"
         data = l2_normalize(target) if self.use_cosine_sim else target
         if start is not None:
             kwargs = dict(kwargs, init=start)
         means, counts = kmeans(data, self.codebook_size, metric=metric, seed=self.rng, comm=self.comm, **kwargs)
         load_kmeans_result(self._stages[g][i], 0, means, counts)
-        codes = self._assign(data, means)
-        return target - means[codes], codes
+        return data, means
 
     def _assign(self, data, codebook):
         metric = "cosine" if self.use_cosine_sim else "euclidean"
@@ -414,15 +419,12 @@ class ResidualQuantizer:
 
     def _fit_group_beam(self, g, z, beam, kwargs, bar):
         """Stage ``i`` is k-means on the residuals of all beams kept after stages ``< i`` (faiss's training)."""
-        beams = beam_start(z)
+        beams = BeamTraining(z, beam)
         for i in range(self.num_quantizers):
-            residual = beams[0]
-            self._stage_kmeans(g, i, np.ascontiguousarray(residual.reshape(-1, residual.shape[-1]), dtype=np.float32),
-                               **kwargs)
+            self._stage_fit(g, i, beams.residual32, **kwargs)  # the beams are extended below, not assigned
             bar.update()
             if i + 1 < self.num_quantizers:
-                embeds = self._embeds(g)[:i + 1]
-                beams = beam_extend(z, beams, embeds[i], beam_tables(embeds, i), beam)
+                beams.extend(self._embeds(g)[:i + 1])
 
     def partial_fit(self, x, *, freeze_codebook=False, sample_codebook_temp=None):
         """One EMA step of every stage, in sequence (vqp ``ResidualVQ``'s training forward, codebook side).

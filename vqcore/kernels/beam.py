@@ -170,31 +170,55 @@ def _step_row(x_dot, cross, codes, error, c_sq, residual, codebook, finite, scra
 
 
 @jit(parallel=True)
-def beam_step(x_dot, cross, codes, error, c_sq, residual, codebook, finite, nthreads,
-              new_residual, new_error, parent, chosen):
-    """One stage of the beam search for every row (:func:`_step_row`); beam training keeps every row's beams.
+def beam_extend(z, codes_t, cross, c_sq, codebook, codes, error, residual, finite, rows, nthreads, write32,
+                new_codes, new_error, new_residual, residual32):
+    """One stage of the beam search for every row, keeping every row's beams (training); blocks of rows.
+
+    One GEMM per block of rows gives input . code (in a per-thread buffer);
+    each row's beams are then extended by :func:`_step_row` and written
+    with their codes (the parent's followed by the new one).
 
     Parameters
     ----------
-    x_dot : (n, k) float32, input . code                             # IN
-    cross : (i, k_s, k) float32, earlier stages' codes . code        # IN
+    z : (n, d) float32, C-contiguous, the input                     # IN
+    codes_t : (d, k) float32, this stage's codes transposed          # IN
+    cross : (i, k, k) float32, earlier stages' codes . code          # IN
+    c_sq : (k,) float32, squared norm of each code                   # IN
+    codebook : (k, d) float32                                        # IN
     codes : (n, b, i) int64, codes each beam chose so far            # IN
     error : (n, b) float64, squared norm of each beam's residual     # IN
-    c_sq : (k,) float32, squared norm of each code                   # IN
     residual : (n, b, d) float64                                     # IN
-    codebook : (k, d) float32                                        # IN
     finite : bool, no float32 score can overflow                     # IN
-    nthreads : int                                                   # IN
-    new_residual : (n, width, d) float64                             # OUT
+    rows, nthreads : int                                             # IN block rows, threads
+    write32 : bool, also fill ``residual32``                         # IN
+    new_codes : (n, width, i + 1) int64                              # OUT
     new_error : (n, width) float64, exact, ascending                 # OUT
-    parent, chosen : (n, width) int64, beam extended and code added  # OUT
+    new_residual : (n, width, d) float64                             # OUT
+    residual32 : (n * width, d) float32, ``new_residual`` rounded    # OUT if ``write32``
     """
     n, b = error.shape
+    k, d = codebook.shape
+    width, stage = new_error.shape[1], cross.shape[0]
+    nblocks = (n + rows - 1) // rows
     for t in prange(nthreads):
-        scratch = _step_scratch(max(b, new_error.shape[1]), x_dot.shape[1])
-        for row in range(t, n, nthreads):
-            _step_row(x_dot[row], cross, codes[row], error[row], c_sq, residual[row], codebook, finite, scratch,
-                      new_residual[row], new_error[row], parent[row], chosen[row])
+        x_dot = np.empty((rows, k), dtype=np.float32)
+        scratch = _step_scratch(max(b, width), k)
+        parent = np.empty(width, dtype=np.int64)
+        chosen = np.empty(width, dtype=np.int64)
+        for blk in range(t, nblocks, nthreads):
+            start = blk * rows
+            m = min(n, start + rows) - start
+            np.dot(z[start:start + m], codes_t, x_dot[:m])
+            for r in range(m):
+                row = start + r
+                _step_row(x_dot[r], cross, codes[row], error[row], c_sq, residual[row], codebook, finite, scratch,
+                          new_residual[row], new_error[row], parent, chosen)
+                for w in range(width):
+                    new_codes[row, w, :stage] = codes[row, parent[w]]
+                    new_codes[row, w, stage] = chosen[w]
+                    if write32:
+                        for f in range(d):
+                            residual32[row * width + w, f] = np.float32(new_residual[row, w, f])
 
 
 @jit(parallel=True)
