@@ -161,7 +161,9 @@ class BeamTraining:
 
     Holds two sets of float64 buffers that the stages' beams alternate
     between, and the float32 residuals of the beams last kept, the rows
-    the next stage's k-means trains on.
+    the next stage's k-means trains on.  ``beams`` and ``residual32`` are
+    views of those buffers, overwritten by later extensions: copy what must
+    outlive them.
 
     Parameters
     ----------

@@ -1,4 +1,5 @@
-"""Residual encoding kernels (``@jit`` only): greedy stages fused per block of rows, and the beam search's step."""
+"""Residual encoding kernels (``@jit`` only): greedy stages fused per block of rows; the beam search, all
+stages per block of rows (encoding) or one stage over every row's beams (training)."""
 import numpy as np
 from numba import prange
 
