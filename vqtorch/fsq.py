@@ -125,12 +125,12 @@ class _LevelConstants:
 
         ``(shift, half_l, offset, half_width, radix)``: the float32 constants converted
         exactly to ``dtype`` (as torch promotes them against a float64 input), and the
-        int64 place value of each dim.
+        int32 place value of each dim (below ``codebook_size <= 2**31``).
         """
         key = ("fused", codebooks, dtype)
         if key not in self._on:
             floats = tuple(t.numpy().astype(dtype) for t in self.on("cpu", codebooks))
-            radix = np.tile(self.basis.numpy().astype(np.int64), codebooks)
+            radix = np.tile(self.basis.numpy().astype(np.int32), codebooks)
             self._on[key] = (*floats, radix)
         return self._on[key]
 
@@ -254,7 +254,8 @@ def _fused_backward(grad_out, x, w_in, w_out, t, codes, half_l, half_width):
     grad = grad_out.detach()
     if grad.dtype != x.dtype:
         grad = grad.to(x.dtype)
-    # a gradient broadcast from a sum has zero strides: read in place rather than materialised
+    # a gradient broadcast from a sum repeats one row: pass that row, not n copies of it
+    grad = grad[:1].contiguous() if grad.stride(0) == 0 else grad.contiguous()
     fsq_project_backward(grad.numpy(), x.detach().numpy(), w_in.detach().numpy(),
                          w_out.detach().t().contiguous().numpy(), t.numpy(), codes.numpy(),
                          half_l.numpy().astype(dtype), half_width.numpy().astype(dtype), threads,

@@ -24,7 +24,7 @@ def fsq_project_forward(x, w_in, b_in, w_out_t, b_out, shift, half_l, offset, ha
     w_in : (C, dim) float, b_in : (C,) float          # IN  project_in (C = codebooks * d)
     w_out_t : (C, dim) float, b_out : (dim,) float    # IN  project_out, weight transposed
     shift, half_l, offset, half_width : (C,) float    # IN  the bound's constants, tiled per codebook
-    radix : (C,) int64                                # IN  mixed-radix place value of each dim
+    radix : (C,) int32                                # IN  mixed-radix place value of each dim
     index_base : int                                  # IN  sum of half_width * radix over one codebook
     nthreads : int                                    # IN
     t : (n, C) float                                  # OUT tanh(z + shift), for the backward
@@ -60,17 +60,23 @@ def fsq_project_forward(x, w_in, b_in, w_out_t, b_out, shift, half_l, offset, ha
                 indices[i, c] = index
 
 
+#: Rows whose weight-gradient terms are summed in the input's dtype before joining the float64
+#: totals: the inner loops stay in one dtype (so they vectorise) and float32 sums stay short.
+BLOCK_ROWS = 64
+
+
 @jit(parallel=True)
 def fsq_project_backward(grad, x, w_in, w_out_t, t, codes, half_l, half_width, nthreads,
                          grad_x, grad_w_in, grad_b_in, grad_w_out_t, grad_b_out):
     """Gradients of :func:`fsq_project_forward`, straight through the rounding.
 
     The chain through the bound is the seed's: ``((g / half_width) * half_l) * (1 - t**2)``.
-    Weight and bias gradients are summed in float64, per thread (callers add the threads).
+    Weight and bias gradients are summed per thread (callers add the threads), in the
+    input's dtype over blocks of :data:`BLOCK_ROWS` rows and in float64 across blocks.
 
     Parameters
     ----------
-    grad : (n, dim) float                              # IN  gradient of ``out`` (any strides)
+    grad : (n, dim) or (1, dim) float                  # IN  gradient of ``out``; one row is every row's
     x, w_in, w_out_t, t, codes, half_l, half_width     # IN  as in the forward
     nthreads : int                                     # IN
     grad_x : (n, dim) float                            # OUT
@@ -81,29 +87,49 @@ def fsq_project_backward(grad, x, w_in, w_out_t, t, codes, half_l, half_width, n
     """
     n, dim = x.shape
     width = w_in.shape[0]
+    every_row = grad.shape[0] == n
     per_thread = (n + nthreads - 1) // nthreads
     for worker in prange(nthreads):
-        through = np.empty(width, dtype=grad_x.dtype)
-        zero = np.zeros(1, dtype=grad_x.dtype)[0]  # typed literals: an untyped 1 would promote to float64
-        one = np.ones(1, dtype=grad_x.dtype)[0]
-        for i in range(worker * per_thread, min(n, (worker + 1) * per_thread)):
-            g, row, grad_row = grad[i], x[i], grad_x[i]
-            bias_acc = grad_b_out[worker]
+        dtype = grad_x.dtype
+        through = np.empty(width, dtype=dtype)
+        block_w_in = np.zeros((width, dim), dtype=dtype)
+        block_w_out = np.zeros((width, dim), dtype=dtype)
+        block_b_out = np.zeros(dim, dtype=dtype)
+        zero = np.zeros(1, dtype=dtype)[0]  # typed literals: an untyped 1 would promote to float64
+        one = np.ones(1, dtype=dtype)[0]
+        first, stop = worker * per_thread, min(n, (worker + 1) * per_thread)
+        for i in range(first, stop):
+            g = grad[i] if every_row else grad[0]
+            row, grad_row = x[i], grad_x[i]
             for f in range(dim):
-                bias_acc[f] += g[f]
+                block_b_out[f] += g[f]
             for j in range(width):
-                w, acc = w_out_t[j], grad_w_out_t[worker, j]
-                code = codes[i, j]
+                w = w_out_t[j]
                 s = zero
                 for f in range(dim):
                     s += g[f] * w[f]
-                    acc[f] += g[f] * code
                 through[j] = ((s / half_width[j]) * half_l[j]) * (one - t[i, j] * t[i, j])
                 grad_b_in[worker, j] += through[j]
-            grad_row[:] = 0
-            for j in range(width):
-                g_z = through[j]
-                w, acc = w_in[j], grad_w_in[worker, j]
+                code, acc = codes[i, j], block_w_out[j]
                 for f in range(dim):
-                    grad_row[f] += g_z * w[f]
+                    acc[f] += code * g[f]
+            for j in range(width):
+                g_z, w, acc = through[j], w_in[j], block_w_in[j]
+                if j == 0:
+                    for f in range(dim):
+                        grad_row[f] = g_z * w[f]
+                else:
+                    for f in range(dim):
+                        grad_row[f] += g_z * w[f]
+                for f in range(dim):
                     acc[f] += g_z * row[f]
+            if (i - first) % BLOCK_ROWS == BLOCK_ROWS - 1 or i == stop - 1:
+                for j in range(width):
+                    for f in range(dim):
+                        grad_w_in[worker, j, f] += block_w_in[j, f]
+                        grad_w_out_t[worker, j, f] += block_w_out[j, f]
+                for f in range(dim):
+                    grad_b_out[worker, f] += block_b_out[f]
+                block_w_in[:] = 0
+                block_w_out[:] = 0
+                block_b_out[:] = 0
