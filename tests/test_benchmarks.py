@@ -176,6 +176,15 @@ def test_interleave_calls_the_hook_before_every_call():
     assert hooks == [0.0, 1.0]
 
 
+def test_interleave_bursts_time_each_call_and_settle_once_per_turn():
+    clock, hooks = Clock(), []
+    calls = [clock.call("a", [3.0, 1.0, 2.0, 2.0]), clock.call("b", [5.0, 4.0, 6.0, 4.0])]
+    runs, _ = interleave(calls, 2, [0.0, 0.0], clock=clock, before=lambda: hooks.append(clock.now), burst=2)
+    assert clock.order == ["a", "a", "b", "b"] * 2
+    assert runs == [[3.0, 1.0, 2.0, 2.0], [5.0, 4.0, 6.0, 4.0]]
+    assert len(hooks) == 4
+
+
 def test_interleave_rejects_zero_repeats():
     with pytest.raises(ValueError, match="repeat=0"):
         interleave([lambda: None], 0, [0.0])
