@@ -19,7 +19,7 @@ from torch import nn
 
 from vqcore._config import num_threads
 from vqcore.fsq import check_int, check_levels, resolve_keep_dim
-from vqcore.kernels.fsq import fsq_project_backward, fsq_project_forward
+from vqcore.kernels.fsq import fsq_project_backward, fsq_project_in, fsq_project_out
 
 __all__ = ["FSQ"]
 
@@ -121,7 +121,7 @@ class _LevelConstants:
         return self._on[key]
 
     def fused(self, codebooks, dtype):
-        """The constants of :func:`fsq_project_forward` for ``codebooks`` side by side, in numpy ``dtype``.
+        """The constants of the fused kernels for ``codebooks`` side by side, in numpy ``dtype``.
 
         ``(shift, half_l, offset, half_width, radix)``: the float32 constants converted
         exactly to ``dtype`` (as torch promotes them against a float64 input), and the
@@ -218,10 +218,12 @@ class _ProjectedBoundRound(torch.autograd.Function):
         out = torch.empty(n, dim, dtype=x.dtype)
         indices = torch.empty(n, codebooks, dtype=torch.int32)
         w_out_t = w_out.detach().t().contiguous()
-        fsq_project_forward(x.detach().numpy(), w_in.detach().numpy(), b_in.detach().numpy(), w_out_t.numpy(),
-                            b_out.detach().numpy(), shift, half_l, offset, half_width, radix,
-                            int(constants.index_base), num_threads(), t.numpy(), codes.numpy(), out.numpy(),
-                            indices.numpy())
+        threads = num_threads()
+        fsq_project_in(x.detach().numpy(), w_in.detach().numpy(), b_in.detach().numpy(), shift, threads, t.numpy())
+        for part in on_this_thread(t.view(-1)):
+            part.tanh_()
+        fsq_project_out(t.numpy(), w_out_t.numpy(), b_out.detach().numpy(), half_l, offset, half_width, radix,
+                        int(constants.index_base), threads, codes.numpy(), out.numpy(), indices.numpy())
         ctx.save_for_backward(x, w_in, w_out, t, codes)
         ctx.constants = constants
         ctx.mark_non_differentiable(indices)

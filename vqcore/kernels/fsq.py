@@ -1,11 +1,13 @@
-"""FSQ between two linear projections, fused: one pass over the rows forward, one backward.
+"""FSQ between two linear projections, fused: two passes over the rows forward, one backward.
 
 ``x -> z = x W_in^T + b_in -> t = tanh(z + shift) -> q = rint(t half_l - offset)
 -> code = q / half_width -> out = code W_out^T + b_out`` for each row, with the
 straight-through backward. Unfused, each of the five steps is a pass over an
 (n, dim) or (n, C) array and the two projections are GEMMs whose inner or outer size
 is the handful of codebook dims, a shape BLAS handles poorly; fused, a row is read
-and written once each way and the weight gradients are summed per thread.
+and written once each way and the weight gradients are summed per thread. The tanh
+between the two forward kernels is the caller's: torch's vectorised one, on the small
+(n, C) array, costs less than a scalar libm call per value.
 """
 import numpy as np
 from numba import prange
@@ -14,49 +16,65 @@ from .._config import jit
 
 
 @jit(parallel=True)
-def fsq_project_forward(x, w_in, b_in, w_out_t, b_out, shift, half_l, offset, half_width, radix, index_base,
-                        nthreads, t, codes, out, indices):
-    """Project, bound, round and project back every row of ``x``.
+def fsq_project_in(x, w_in, b_in, shift, nthreads, z):
+    """``z = x W_in^T + b_in + shift`` for every row: the bound's argument (its tanh is the caller's).
 
     Parameters
     ----------
     x : (n, dim) float                                # IN
     w_in : (C, dim) float, b_in : (C,) float          # IN  project_in (C = codebooks * d)
+    shift : (C,) float                                # IN  the bound's shift, tiled per codebook
+    nthreads : int                                    # IN
+    z : (n, C) float                                  # OUT
+    """
+    n, dim = x.shape
+    width = w_in.shape[0]
+    per_thread = (n + nthreads - 1) // nthreads
+    for worker in prange(nthreads):
+        for i in range(worker * per_thread, min(n, (worker + 1) * per_thread)):
+            row = x[i]
+            for j in range(width):
+                projected = b_in[j]
+                w = w_in[j]
+                for f in range(dim):
+                    projected += row[f] * w[f]
+                z[i, j] = projected + shift[j]
+
+
+@jit(parallel=True)
+def fsq_project_out(t, w_out_t, b_out, half_l, offset, half_width, radix, index_base, nthreads, codes, out, indices):
+    """Round the bounded values ``t = tanh(z)``, index the codes and project them back, row by row.
+
+    Parameters
+    ----------
+    t : (n, C) float                                  # IN  tanh of :func:`fsq_project_in`'s output
     w_out_t : (C, dim) float, b_out : (dim,) float    # IN  project_out, weight transposed
-    shift, half_l, offset, half_width : (C,) float    # IN  the bound's constants, tiled per codebook
+    half_l, offset, half_width : (C,) float           # IN  the bound's constants, tiled per codebook
     radix : (C,) int32                                # IN  mixed-radix place value of each dim
     index_base : int                                  # IN  sum of half_width * radix over one codebook
     nthreads : int                                    # IN
-    t : (n, C) float                                  # OUT tanh(z + shift), for the backward
     codes : (n, C) float                              # OUT normalised codes in [-1, 1]
     out : (n, dim) float                              # OUT
     indices : (n, codebooks) int32                    # OUT
     """
-    n, dim = x.shape
-    width = w_in.shape[0]
+    n, dim = out.shape
+    width = t.shape[1]
     d = width // indices.shape[1]
     per_thread = (n + nthreads - 1) // nthreads
     for worker in prange(nthreads):
         for i in range(worker * per_thread, min(n, (worker + 1) * per_thread)):
-            row, out_row = x[i], out[i]
+            out_row = out[i]
             out_row[:] = b_out
-            for j in range(width):
-                z = b_in[j]
-                w = w_in[j]
-                for f in range(dim):
-                    z += row[f] * w[f]
-                bounded = np.tanh(z + shift[j])
-                level = np.rint(bounded * half_l[j] - offset[j])
-                code = level / half_width[j]
-                t[i, j] = bounded
-                codes[i, j] = code
-                w = w_out_t[j]
-                for f in range(dim):
-                    out_row[f] += code * w[f]
             for c in range(indices.shape[1]):
                 index = index_base
                 for j in range(c * d, (c + 1) * d):
-                    index += np.int64(np.rint(codes[i, j] * half_width[j])) * radix[j]
+                    level = np.rint(t[i, j] * half_l[j] - offset[j])
+                    index += np.int64(level) * radix[j]
+                    code = level / half_width[j]
+                    codes[i, j] = code
+                    w = w_out_t[j]
+                    for f in range(dim):
+                        out_row[f] += code * w[f]
                 indices[i, c] = index
 
 
@@ -68,7 +86,7 @@ BLOCK_ROWS = 64
 @jit(parallel=True)
 def fsq_project_backward(grad, x, w_in, w_out_t, t, codes, half_l, half_width, nthreads,
                          grad_x, grad_w_in, grad_b_in, grad_w_out_t, grad_b_out):
-    """Gradients of :func:`fsq_project_forward`, straight through the rounding.
+    """Gradients of :func:`fsq_project_in`, the tanh and :func:`fsq_project_out`, straight through rounding.
 
     The chain through the bound is the seed's: ``((g / half_width) * half_l) * (1 - t**2)``.
     Weight and bias gradients are summed per thread (callers add the threads), in the
