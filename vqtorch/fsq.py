@@ -5,8 +5,8 @@ straight-through gradient (https://arxiv.org/abs/2309.15505). The bound, the rou
 rescaling and the index are one fused step (:class:`_BoundRound`) instead of a dozen tensor
 operations, and the level constants are computed once per device instead of per call. On CPU
 its elementwise steps run in numpy on the calling thread (see :func:`_bound_round_numpy`), and
-with projections the two ``nn.Linear`` and the bound are one compiled pass over the rows each
-way (:class:`_ProjectedBoundRound`).
+with projections the two ``nn.Linear`` and the bound run as compiled passes over the rows
+(:class:`_ProjectedBoundRound`).
 """
 from __future__ import annotations
 
@@ -193,13 +193,18 @@ class _BoundRound(torch.autograd.Function):
             for g, t_part in zip(*(on_this_thread(a.view(-1)) for a in (grad, t))):
                 torch.ops.aten.tanh_backward.grad_input(g, t_part, grad_input=g)
         else:  # torch ops out of place, which a backward with create_graph records
-            grad = torch.ops.aten.tanh_backward(torch.div(grad_codes, half_width).mul_(half_l), t)
+            grad = _recorded_bound_backward(grad_codes, t, half_l, half_width)
         grad = grad.view(ctx.z_shape)
         return grad if grad.dtype == ctx.z_dtype else grad.to(ctx.z_dtype), None
 
 
+def _recorded_bound_backward(grad_codes, t, half_l, half_width):
+    """The seed's chain through the bound, ``((g / half_width) * half_l) * (1 - t**2)``, in torch ops."""
+    return torch.ops.aten.tanh_backward(torch.div(grad_codes, half_width).mul_(half_l), t)
+
+
 class _ProjectedBoundRound(torch.autograd.Function):
-    """``project_out(bound_round(project_in(x)))`` on CPU in one fused pass each way.
+    """``project_out(bound_round(project_in(x)))`` on CPU: two compiled passes forward, one backward.
 
     ``x`` is (n, dim), contiguous, float32 or float64 like the four parameters. Returns
     ``out`` (n, dim) and the int32 indices (n, codebooks). The projections sum in a
@@ -232,11 +237,13 @@ class _ProjectedBoundRound(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, grad_indices):
         x, w_in, w_out, t, codes = ctx.saved_tensors
-        half_l, half_width = ctx.constants.on("cpu", t.shape[1] // ctx.constants.dim)[1::2]
+        codebooks = t.shape[1] // ctx.constants.dim
         if torch.is_grad_enabled():  # a backward with create_graph: torch ops, which it records
-            through = torch.ops.aten.tanh_backward(torch.div(grad_out @ w_out, half_width).mul_(half_l), t)
+            half_l, half_width = ctx.constants.on("cpu", codebooks)[1::2]
+            through = _recorded_bound_backward(grad_out @ w_out, t, half_l, half_width)
             grads = (through @ w_in, through.t() @ x, through.sum(0), grad_out.t() @ codes, grad_out.sum(0))
         else:
+            _, half_l, _, half_width, _ = ctx.constants.fused(codebooks, _NUMPY_DTYPES[x.dtype])
             grads = _fused_backward(grad_out, x, w_in, w_out, t, codes, half_l, half_width)
         return (*(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad)), None)
 
@@ -245,7 +252,8 @@ _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 def _fused_backward(grad_out, x, w_in, w_out, t, codes, half_l, half_width):
-    """:func:`fsq_project_backward` on tensors: ``(grad_x, grad_w_in, grad_b_in, grad_w_out, grad_b_out)``."""
+    """:func:`fsq_project_backward` on tensors (constants as numpy arrays of x's dtype):
+    ``(grad_x, grad_w_in, grad_b_in, grad_w_out, grad_b_out)``."""
     n, dim = x.shape
     width = w_in.shape[0]
     threads = num_threads()
@@ -260,7 +268,7 @@ def _fused_backward(grad_out, x, w_in, w_out, t, codes, half_l, half_width):
     grad = grad[:1].contiguous() if grad.stride(0) == 0 else grad.contiguous()
     fsq_project_backward(grad.numpy(), x.detach().numpy(), w_in.detach().numpy(),
                          w_out.detach().t().contiguous().numpy(), t.numpy(), codes.numpy(),
-                         half_l.numpy().astype(dtype), half_width.numpy().astype(dtype), threads,
+                         half_l, half_width, threads,
                          grad_x.numpy(), *parts)
     grad_w_in, grad_b_in, grad_w_out_t, grad_b_out = (torch.from_numpy(p.sum(0).astype(dtype)) for p in parts)
     return grad_x, grad_w_in, grad_b_in, grad_w_out_t.t().contiguous(), grad_b_out
