@@ -78,7 +78,7 @@ def train_pair(theirs, ours, inputs, call, steps=3, lr=0.05, rtol=1e-5, atol=1e-
 
 def weighted_sum(out, seed=123):
     """A loss that gives every output element its own gradient."""
-    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(out.dtype)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(out.device, out.dtype)
     return (out * g).sum()
 
 

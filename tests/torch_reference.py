@@ -51,7 +51,7 @@ def _step(module, x, weight_seed, fwd_kwargs, optimizer):
     out = module(x, **fwd_kwargs)
     quantize, loss = out[0], out[-1]
     # A fixed random weighting of the output makes every input gradient entry distinct.
-    weight = torch.randn(quantize.shape, generator=torch.Generator().manual_seed(weight_seed))
+    weight = torch.randn(quantize.shape, generator=torch.Generator().manual_seed(weight_seed)).to(quantize.device)
     objective = (quantize * weight).sum() + loss.sum()
     if objective.requires_grad:
         objective.backward()

@@ -15,6 +15,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .amp import no_cuda_autocast
 from .backends import select_backend
 from .distributed import TorchDistComm
 from .gumbel import gumbel_select
@@ -261,50 +262,51 @@ class _Codebook(nn.Module):
             The seed's negative distances; computed only when ``need_distances`` is True
             or a gumbel estimator needs them.
         """
-        temp = self.sample_codebook_temp if sample_codebook_temp is None else sample_codebook_temp
-        squeeze = x.ndim < 4
-        x = x.float()
-        if squeeze:
-            x = x.unsqueeze(0)
-        c, b, n, d = x.shape
-        flatten = x.reshape(c, b * n, d)
-        if mask is not None:
-            mask = mask.reshape(c, -1)  # given in x's layout (vqtorch.layout.HeadLayout.mask)
+        with no_cuda_autocast():  # the seed's codebooks run outside CUDA autocast too
+            temp = self.sample_codebook_temp if sample_codebook_temp is None else sample_codebook_temp
+            squeeze = x.ndim < 4
+            x = x.float()
+            if squeeze:
+                x = x.unsqueeze(0)
+            c, b, n, d = x.shape
+            flatten = x.reshape(c, b * n, d)
+            if mask is not None:
+                mask = mask.reshape(c, -1)  # given in x's layout (vqtorch.layout.HeadLayout.mask)
 
-        backend = select_backend(self.backend, flatten)
-        self._init_embed(flatten, mask, backend)
-        if self.affine_param:
-            self._update_affine(flatten, mask, backend)
+            backend = select_backend(self.backend, flatten)
+            self._init_embed(flatten, mask, backend)
+            if self.affine_param:
+                self._update_affine(flatten, mask, backend)
 
-        embed = self.embed if self.learnable_codebook else self.embed.detach()
-        if self.affine_param:
-            codebook_std, batch_std = self._affine_stds()
-            embed = (embed - self.codebook_mean) * (batch_std / codebook_std) + self.batch_mean
+            embed = self.embed if self.learnable_codebook else self.embed.detach()
+            if self.affine_param:
+                codebook_std, batch_std = self._affine_stds()
+                embed = (embed - self.codebook_mean) * (batch_std / codebook_std) + self.batch_mean
 
-        gumbel_active = self.training and temp > 0 and (self.stochastic or self.straight_through)
-        soft = distances = None
-        if need_distances or gumbel_active:
-            distances = self._distances(flatten, embed)
-            indices, soft = gumbel_select(distances, temperature=temp, stochastic=self.stochastic,
-                                          straight_through=self.straight_through, reinmax=self.reinmax,
-                                          training=self.training)
-        else:
-            indices = backend.nearest(flatten.detach(), embed.detach(), metric=self.metric)
+            gumbel_active = self.training and temp > 0 and (self.stochastic or self.straight_through)
+            soft = distances = None
+            if need_distances or gumbel_active:
+                distances = self._distances(flatten, embed)
+                indices, soft = gumbel_select(distances, temperature=temp, stochastic=self.stochastic,
+                                              straight_through=self.straight_through, reinmax=self.reinmax,
+                                              training=self.training)
+            else:
+                indices = backend.nearest(flatten.detach(), embed.detach(), metric=self.metric)
 
-        quantize = gather_codes(embed, indices)
-        if soft is not None:
-            quantize = quantize + torch.bmm(soft, embed)
+            quantize = gather_codes(embed, indices)
+            if soft is not None:
+                quantize = quantize + torch.bmm(soft, embed)
 
-        if self.training and self.ema_update and not freeze_codebook:
-            self._ema_step(flatten.detach(), indices, mask, backend)
+            if self.training and self.ema_update and not freeze_codebook:
+                self._ema_step(flatten.detach(), indices, mask, backend)
 
-        quantize = quantize.view(c, b, n, d)
-        indices = indices.view(c, b, n)
-        if distances is not None:
-            distances = distances.view(c, b, n, -1)
-        if squeeze:
-            quantize, indices = quantize[0], indices[0]
-        return quantize, indices, distances
+            quantize = quantize.view(c, b, n, d)
+            indices = indices.view(c, b, n)
+            if distances is not None:
+                distances = distances.view(c, b, n, -1)
+            if squeeze:
+                quantize, indices = quantize[0], indices[0]
+            return quantize, indices, distances
 
     @torch.no_grad()
     def _ema_step(self, flatten, indices, mask, backend):

@@ -10,7 +10,6 @@ with projections the two ``nn.Linear`` and the bound run as compiled passes over
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -20,6 +19,8 @@ from torch import nn
 from vqcore._config import num_threads
 from vqcore.fsq import check_int, check_levels, resolve_keep_dim
 from vqcore.kernels.fsq import fsq_project_backward, fsq_project_in, fsq_project_out
+
+from .amp import no_cuda_autocast
 
 __all__ = ["FSQ"]
 
@@ -71,16 +72,6 @@ def restore_layout(out, indices, spatial):
     b = out.shape[0]
     out = out.reshape(b, *spatial, out.shape[-1]).movedim(-1, 1)
     return out, indices.reshape(b, *spatial, indices.shape[-1])
-
-
-_HAS_CUDA = torch.cuda.is_available()
-
-
-def no_cuda_autocast():
-    """The seed's ``@autocast(enabled=False)``: CUDA autocast off (CPU autocast untouched)."""
-    if _HAS_CUDA:
-        return torch.autocast("cuda", enabled=False)
-    return contextlib.nullcontext()
 
 
 class _LevelConstants:

@@ -23,7 +23,8 @@ from torch import nn
 from vqcore.fsq import resolve_keep_dim
 from vqcore.lfq import resolve_sizes
 
-from .fsq import channel_last_tokens, check_indices, no_cuda_autocast, restore_layout, split_codebooks
+from .amp import no_cuda_autocast
+from .fsq import channel_last_tokens, check_indices, restore_layout, split_codebooks
 
 __all__ = ["LFQ", "Return", "LossBreakdown"]
 

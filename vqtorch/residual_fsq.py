@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .fsq import FSQ, check_levels, no_cuda_autocast
+from .amp import no_cuda_autocast
+from .fsq import FSQ, check_levels
 from .residual import GroupedBase, ResidualBase, check_int, residual_loop
 
 __all__ = ["ResidualFSQ", "GroupedResidualFSQ", "grouped_to_vqcore"]

@@ -11,7 +11,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from .fsq import no_cuda_autocast
+from .amp import no_cuda_autocast
 from .lfq import LFQ
 from .residual import GroupedBase, ResidualBase, check_int, residual_loop
 from .residual_fsq import grouped_to_vqcore

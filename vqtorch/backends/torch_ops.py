@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..amp import no_autocast
+
 __all__ = ["TorchBackend"]
 
 # Elements of one score block; 4M float32 = 16 MiB keeps the block cache/L2 friendly
@@ -136,10 +138,11 @@ class TorchBackend:
             # The certified search is data-dependent (its bound, its candidate rows) and builds its
             # plan in numpy; a compiled graph traces the plain float32 argmin instead.
             return self._traceable_nearest(x, embed, metric, out, rows)
-        for h in range(c):
-            search = _CertifiedSearch(embed[h], metric)
-            for start in range(0, n, rows):
-                out[h, start:start + rows] = search.nearest(x[h, start:start + rows])
+        with no_autocast(x.device):
+            for h in range(c):
+                search = _CertifiedSearch(embed[h], metric)
+                for start in range(0, n, rows):
+                    out[h, start:start + rows] = search.nearest(x[h, start:start + rows])
         return out
 
     @staticmethod
