@@ -11,7 +11,7 @@ def nearest(x, codebook, metric="euclidean"):
         if metric == "euclidean":
             scores = -((codebook - row) ** 2).sum(axis=1)
         else:
-            scores = codebook @ row
+            scores = (codebook * row).sum(axis=1)  # the same sum for equal codes (BLAS's gemv need not be)
         out[i] = int(np.argmax(scores))  # first maximum on ties
     return out
 

@@ -101,3 +101,22 @@ def test_vqcore_search_is_a_checked_custom_op():
     torch.library.opcheck(torch.ops.vqcore.nearest.default, (x, embed, True))
     np.testing.assert_array_equal(torch.ops.vqcore.nearest(x, embed, False).numpy(),
                                   np.stack([naive.nearest(a, b) for a, b in zip(x.numpy(), embed.numpy())]))
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_torch_rerank_of_ties_far_rows_and_split_pair_blocks(monkeypatch, metric):
+    """Rows re-ranked by the float64 direct form: exact ties (lowest index), rows too far out for fp32
+    scores (every code is a candidate), and candidate pairs split over many small blocks."""
+    from vqtorch.backends import torch_ops
+
+    monkeypatch.setattr(torch_ops, "_PAIR_ELEMENTS", 50)  # a few pairs per block at d=16
+    rng = np.random.default_rng(8)
+    codes = rng.standard_normal((1, 90, 16)).astype(np.float32)
+    codes[0, 45:] = codes[0, :45]
+    x = np.concatenate([codes[0, rng.integers(0, 90, 300)] + 1e-3 * rng.standard_normal((300, 16)),
+                        rng.standard_normal((200, 16)) * 1e25])[None].astype(np.float32)
+    got = TorchBackend().nearest(torch.from_numpy(x), torch.from_numpy(codes), metric=metric)
+    scale = 2.0 ** -84  # brings the far rows near 1 exactly, so float64 squares stay finite
+    want = naive.nearest(x[0].astype(np.float64) * scale, codes[0].astype(np.float64) * scale, metric)
+    np.testing.assert_array_equal(got[0].numpy(), want)
+    assert got.max() < 45

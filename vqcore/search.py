@@ -134,42 +134,86 @@ def plan(codebook, metric, engine="fp32"):
     cosine = metric == "cosine"
     mu = np.zeros(d) if cosine else c64.mean(axis=0)
     centred = c64 - mu
-    top = np.abs(centred).max() if centred.size else 0.0
-    scale = 1.0 if top == 0.0 else float(2.0 ** -np.ceil(np.log2(top)))
+    scale = _power_of_two_scale(np.abs(centred).max() if centred.size else 0.0)
     scaled = (centred * scale).astype(work)
     s64 = scaled.astype(np.float64)
     sq = np.einsum("kd,kd->k", s64, s64)
-    big_c = _upward(np.sqrt(sq.max()))
-    u = _UNIT_ROUNDOFF[work]
-    eps = u + _U64
-    gamma64 = _gamma(d + 2, _U64)
-    tiny = (d + 4) * (2.0 ** -120 if work == np.float32 else 2.0 ** -1000) * (1 + big_c) ** 2
-    factor = 1.0 if cosine else 2.0  # cosine scores are -v.c', euclidean ones |c'|^2 - 2 v.c'
-    coefs = np.zeros(5)
-    coefs[3] = 0.0 if cosine else (2 * u + 3 * eps + gamma64) * big_c ** 2
-    coefs[4] = factor * 2 * gamma64 * (1 + big_c ** 2) + tiny
+    big_c = upward(np.sqrt(sq.max()))
+    factor = score_factor(metric)
     if engine in BF16_ENGINES:
+        coefs, u, eps = _shared_coefficients(big_c, d, work, cosine)
         rounded = bf16_round(scaled)
-        big_r = _upward(np.sqrt(np.einsum("kd,kd->k", *(2 * [(scaled - rounded).astype(np.float64)])).max()))
-        big_b = _upward(np.sqrt(np.einsum("kd,kd->k", *(2 * [rounded.astype(np.float64)])).max()))
+        big_r = upward(np.sqrt(np.einsum("kd,kd->k", *(2 * [(scaled - rounded).astype(np.float64)])).max()))
+        big_b = upward(np.sqrt(np.einsum("kd,kd->k", *(2 * [rounded.astype(np.float64)])).max()))
         gamma, eta = error_bound_terms(d)
         coefs[0] = factor * 2 * eps * big_c
         coefs[1] = factor * big_c
         coefs[2] = factor * (big_r + (gamma + u) * big_b)
         coefs[3] += eta * factor
+        coefs *= 1.01
         operand = pack_codes(np.ascontiguousarray(-factor * scaled))  # times a power of two: exact
     else:
-        gamma = _gamma(d, u)
-        coefs[0] = factor * (u + gamma + 2 * eps) * big_c
+        c0, c3, c4 = blas_terms(big_c, d, metric, work)
+        coefs = np.array([c0, 0.0, 0.0, c3, c4])
         operand = np.ascontiguousarray((-factor * scaled).T)
-    coefs *= 1.01
     bias = np.zeros(k, dtype=work) if cosine else sq.astype(work)
     return SearchPlan(codebook, metric, engine, mu, scale, operand, bias, coefs, _WORK_LIMIT[work])
 
 
-def _upward(value):
-    """``value`` nudged up past float64 rounding of the computation that produced it."""
-    return float(value) * (1 + 2.0 ** -40)
+def _power_of_two_scale(top):
+    """The power of two ``s`` with ``top * s`` in (1/2, 1]: an exact scaling of centred codes."""
+    return 1.0 if top == 0.0 else float(2.0 ** -np.ceil(np.log2(top)))
+
+
+def score_factor(metric):
+    """Fast scores are ``|c'|^2 - 2 v.c'`` (euclidean) or ``-v.c'`` (cosine): the factor on ``v.c'``."""
+    return 1.0 if metric == "cosine" else 2.0
+
+
+def _shared_terms(big_c, d, work, cosine):
+    """The bound's terms common to every engine (see :func:`plan`), before the 1 % margin: ``c3, c4``.
+
+    Plain arithmetic on ``big_c``, so a float or a 0-d float64 tensor (kept on its device) works.
+    """
+    u = _UNIT_ROUNDOFF[np.dtype(work)]
+    eps = u + _U64
+    gamma64 = _gamma(d + 2, _U64)
+    tiny = (d + 4) * (2.0 ** -120 if np.dtype(work) == np.float32 else 2.0 ** -1000) * (1 + big_c) ** 2
+    factor = score_factor("cosine" if cosine else "euclidean")
+    c3 = 0.0 * big_c if cosine else (2 * u + 3 * eps + gamma64) * big_c ** 2
+    c4 = factor * 2 * gamma64 * (1 + big_c ** 2) + tiny
+    return c3, c4
+
+
+def _shared_coefficients(big_c, d, work, cosine):
+    """:func:`_shared_terms` in a coefficient array, with the unit roundoffs the engines add to."""
+    u = _UNIT_ROUNDOFF[np.dtype(work)]
+    coefs = np.zeros(5)
+    coefs[3], coefs[4] = _shared_terms(big_c, d, work, cosine)
+    return coefs, u, u + _U64
+
+
+def blas_terms(big_c, d, metric, work=np.float32):
+    """Coefficients ``(c0, c3, c4)`` of the bound on fp32/fp64 GEMM scores (see :func:`plan`).
+
+    A row's scores are within ``c0 |v| + c3 + c4 (1 + |v|)**2`` of their exact values, whatever
+    the GEMM's summation order; ``big_c`` is an upper bound on the scaled codes' norms, a float or a
+    0-d float64 tensor.
+    """
+    u = _UNIT_ROUNDOFF[np.dtype(work)]
+    c0 = score_factor(metric) * (u + _gamma(d, u) + 2 * (u + _U64)) * big_c
+    c3, c4 = _shared_terms(big_c, d, work, metric == "cosine")
+    return c0 * 1.01, c3 * 1.01, c4 * 1.01
+
+
+def work_limit(work=np.float32):
+    """Largest scaled row value whose fast score cannot overflow in ``work`` precision."""
+    return _WORK_LIMIT[np.dtype(work)]
+
+
+def upward(value):
+    """``value`` nudged up past float64 rounding of the computation that produced it (a float or a tensor)."""
+    return value * (1 + 2.0 ** -40)
 
 
 def assign(x, codebook, metric, indices, dist, sums=None, counts=None, *, precision="auto", candidates=None):

@@ -14,13 +14,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vqcore.search import blas_terms, score_factor, upward, work_limit
+
 from ..amp import no_autocast
 
 __all__ = ["TorchBackend"]
 
 # Elements of one score block; 4M float32 = 16 MiB keeps the block cache/L2 friendly
-# while each GEMM stays large enough to run at full speed.
+# while each GEMM stays large enough to run at full speed.  A GPU takes 16x that (256 MiB):
+# fewer, larger GEMMs and one host sync per block.
 _BLOCK_ELEMENTS = 1 << 22
+_DEVICE_BLOCK_ELEMENTS = 1 << 26
+# Float64 elements of one block of re-ranked (row, code) pairs.
+_PAIR_ELEMENTS = 1 << 22
 
 
 def _sample_rows(samples, num):
@@ -36,26 +42,31 @@ def _sample_rows(samples, num):
 class _CertifiedSearch:
     """vqcore's certified exact search in torch ops, for one codebook on any device.
 
-    The codebook is prepared by :func:`vqcore.search.plan` (centre, power-of-two scale, the
-    error-bound coefficients of fp32 scores); rows are scored in float32 on their device, and
-    every row whose best score is within the bound of another code is re-ranked by the float64
-    direct form, ties to the lowest index -- the same answer as ``vqcore.nearest``.
+    The codebook is prepared as :func:`vqcore.search.plan` does for its fp32 engine (centre,
+    power-of-two scale, the bound's coefficients from :func:`vqcore.search.blas_terms`), but on the
+    codebook's device and without waiting for it: the scale and the coefficients stay 0-d tensors.
+    Rows are scored in float32, and every row whose best score is within the bound of another code
+    is re-ranked by the float64 direct form over its candidate pairs, ties to the lowest index --
+    the answer of ``vqcore.nearest``.
     """
 
     def __init__(self, codes, metric):
-        from vqcore.search import plan
-
-        prepared = plan(codes.detach().float().cpu().numpy(), metric, "fp32")
-        device = codes.device
         self.metric = metric
         self.codes64 = codes.detach().double()
-        # copies (torch.tensor), not shared numpy memory: safe to build under torch.compile's tracing too
-        self.mu = torch.tensor(prepared.mu, device=device)
-        self.scale = prepared.scale
-        self.operand = torch.tensor(prepared.operand, device=device)
-        self.bias = torch.tensor(prepared.bias, device=device)
-        self.coefs = prepared.coefs.tolist()
-        self.limit = prepared.limit
+        k, d = self.codes64.shape
+        cosine = metric == "cosine"
+        self.mu = torch.zeros(d, dtype=torch.float64, device=codes.device) if cosine else self.codes64.mean(0)
+        centred = self.codes64 - self.mu
+        top = centred.abs().amax() if centred.numel() else centred.new_zeros(())
+        # a power of two bringing the codes within [-1, 1]: an exact scaling
+        self.scale = torch.where(top > 0, torch.exp2(-torch.ceil(torch.log2(top))), torch.ones_like(top))
+        scaled = (centred * self.scale).float()
+        sq = scaled.double().pow(2).sum(1)
+        big_c = upward(sq.amax().sqrt()) if k else centred.new_zeros(())
+        self.coefs = blas_terms(big_c, d, metric)
+        self.operand = (scaled * -score_factor(metric)).T.contiguous()  # times a power of two: exact
+        self.bias = torch.zeros(k, device=codes.device) if cosine else sq.float()
+        self.limit = work_limit()
 
     def nearest(self, x):
         """Certified nearest code of every row of ``x`` (m, d)."""
@@ -77,7 +88,7 @@ class _CertifiedSearch:
             scores = torch.addmm(self.bias, v, self.operand)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = tf32
-        c0, _, _, c3, c4 = self.coefs
+        c0, c3, c4 = self.coefs
         bound = c0 * norm + c3 + c4 * (1 + norm) ** 2
         threshold = scores.min(dim=1).values.double() + 2 * bound
         threshold = (threshold + threshold.abs() * 2.0 ** -20 + 2.0 ** -140).float()  # rounds up past fp32
@@ -91,14 +102,22 @@ class _CertifiedSearch:
         return best
 
     def _rerank(self, x64, candidates, row_scale):
-        """Lowest-index minimum of the float64 direct form over each row's candidates."""
-        if self.metric == "cosine":
-            exact = -((x64 * row_scale) @ (self.codes64 * self.scale).T)
-        else:
-            exact = (((x64.unsqueeze(1) - self.codes64.unsqueeze(0)) * self.scale) ** 2).sum(-1)
-        exact = exact.masked_fill(~candidates, float("inf"))
-        low = exact.min(dim=1, keepdim=True).values
-        return (exact == low).to(torch.uint8).argmax(dim=1)  # the first index reaching the minimum
+        """Lowest-index minimum of the float64 direct form over each row's candidate codes."""
+        m, k = candidates.shape
+        rows, codes = torch.nonzero(candidates, as_tuple=True)
+        exact = torch.empty(rows.shape[0], dtype=torch.float64, device=x64.device)
+        step = max(1, _PAIR_ELEMENTS // max(1, x64.shape[1]))
+        for start in range(0, rows.shape[0], step):  # a bounded (pairs, d) float64 block at a time
+            r, j = rows[start:start + step], codes[start:start + step]
+            if self.metric == "cosine":
+                exact[start:start + step] = -((x64[r] * row_scale[r]) * (self.codes64[j] * self.scale)).sum(1)
+            else:
+                exact[start:start + step] = ((x64[r] - self.codes64[j]) * self.scale).pow(2).sum(1)
+        low = torch.full((m,), float("inf"), dtype=torch.float64, device=x64.device)
+        low = low.scatter_reduce(0, rows, exact, "amin")
+        reach = exact == low[rows]
+        first = torch.full((m,), k, dtype=torch.long, device=x64.device)
+        return first.scatter_reduce(0, rows[reach], codes[reach], "amin")
 
 
 class TorchBackend:
@@ -106,13 +125,14 @@ class TorchBackend:
 
     Parameters
     ----------
-    block_elements : int
-        Upper bound on the elements of one distance block in :meth:`nearest`.
+    block_elements : int, optional
+        Upper bound on the elements of one distance block in :meth:`nearest`; by default
+        2**22 on CPU and 2**26 on other devices.
     """
 
     name = "torch"
 
-    def __init__(self, block_elements: int = _BLOCK_ELEMENTS):
+    def __init__(self, block_elements: int | None = None):
         self.block_elements = block_elements
 
     @torch.no_grad()
@@ -133,10 +153,11 @@ class TorchBackend:
         c, n, _ = x.shape
         k = embed.shape[1]
         out = torch.empty(c, n, dtype=torch.long, device=x.device)
-        rows = max(1, self.block_elements // max(k, 1))
+        block = self.block_elements or (_BLOCK_ELEMENTS if x.device.type == "cpu" else _DEVICE_BLOCK_ELEMENTS)
+        rows = max(1, block // max(k, 1))
         if torch.compiler.is_compiling():
             # The certified search is data-dependent (its bound, its candidate rows) and builds its
-            # plan in numpy; a compiled graph traces the plain float32 argmin instead.
+            # host-side scale and bound; a compiled graph traces the plain float32 argmin instead.
             return self._traceable_nearest(x, embed, metric, out, rows)
         with no_autocast(x.device):
             for h in range(c):
