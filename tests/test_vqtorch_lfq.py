@@ -169,3 +169,15 @@ def test_state_dict_keeps_the_seed_persistent_mask():
     assert list(ours.state_dict()) == ["mask", "project_in.weight", "project_in.bias",
                                        "project_out.weight", "project_out.bias"]
     assert dict(ours.named_buffers()).keys() == dict(theirs.named_buffers()).keys()
+
+
+def test_integer_codebook_scale_gives_float_codes_like_seed():
+    """ResidualLFQ's first stage gets ``codebook_scale=2 ** 0``, an int: codes must still be float32
+    (int64 codes broke the commitment loss's backward on CUDA)."""
+    theirs, ours = build_pair(seed_lfq.LFQ, LFQ, codebook_size=16, codebook_scale=1)
+    x = torch.randn(2, 20, 4, generator=torch.Generator().manual_seed(0)) * 0.05
+    train_pair(theirs, ours, [x], lfq_call(None, {}), steps=2, rtol=1e-4, atol=1e-5)
+    ours.eval(), theirs.eval()
+    ret_o, ret_t = ours(x), theirs(x)
+    assert ret_o.quantized.dtype == torch.float32
+    assert_same(ret_o, ret_t, 0, 0, "eval outputs")

@@ -351,7 +351,9 @@ class LFQ(nn.Module):
             _check_mask(mask, x)
             x = split_codebooks(self.project_in(x), self.num_codebooks)
             original_input = x
-            quantized = torch.where(x > 0, self.codebook_scale, -self.codebook_scale)
+            # float scalars: an int scale (ResidualLFQ's first stage has 2 ** 0 == 1) would give int64 codes
+            value = float(self.codebook_scale)
+            quantized = torch.where(x > 0, value, -value).to(x.dtype)
             if self.training:
                 x = self.activation(x)
                 x = x + (quantized - x).detach()
