@@ -15,6 +15,7 @@ tensors, which is how the test code itself is checked without a GPU.  What is co
 * ``to_vqcore()`` from a module on the device.
 """
 import os
+import random
 import warnings
 
 import numpy as np
@@ -48,6 +49,19 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::FutureWarning"),
     pytest.mark.filterwarnings("ignore:non-integer arguments to randrange:DeprecationWarning"),
 ]
+
+
+#: Residual stacks on the device: cuBLAS and our gathers sum in other orders than the seed's one-hot
+#: products, and the stages carry a few ulps on (as the CPU suite's VQCORE_TOL allows).  Indices are exact.
+STACK_TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(autouse=True)
+def integer_randint(monkeypatch):
+    """The seed's grouped stacks call ``random.randint(0, 1e7)``: Python 3.12 refuses the float bound
+    that 3.11 only warns about (it used ``int(1e7)``), so give it that integer, for both libraries."""
+    randint = random.randint
+    monkeypatch.setattr(random, "randint", lambda a, b: randint(int(a), int(b)))
 
 
 def on_device(value):
@@ -147,8 +161,11 @@ def test_vector_quantize_matches_seed(name, kwargs, layout, masked):
     ref, ours = to_device(*make_pair(BACKEND, dim=vq_tests.DIM, codebook_size=vq_tests.K, **kwargs))
     fwd = {"mask": on_device(vq_tests._mask())} if masked else {}
     inputs = on_device(vq_tests._inputs(layout))
-    run_pair(ref, ours, inputs, train=True, fwd_kwargs=fwd, lr=0.2)
-    run_pair(ref, ours, inputs[:1], train=False, fwd_kwargs=fwd)
+    # batch statistics summed in another order than the seed's; the affine map (a ratio of stds)
+    # amplifies it, as in the CPU suite (measured on an H200: 4e-5 relative)
+    tol = dict(rtol=3e-4, atol=3e-4) if kwargs.get("affine_param") else None
+    run_pair(ref, ours, inputs, train=True, fwd_kwargs=fwd, lr=0.2, tol=tol)
+    run_pair(ref, ours, inputs[:1], train=False, fwd_kwargs=fwd, tol=tol)
 
 
 @pytest.mark.parametrize("name,kwargs", vq_tests.RANDOM_CASES, ids=[c[0] for c in vq_tests.RANDOM_CASES])
@@ -162,8 +179,8 @@ def test_residual_vq_matches_seed(name, kwargs, layout, fwd):
     ref, ours = to_device(*rvq_tests._pair(rvq_tests.SeedResidualVQ, ResidualVQ, BACKEND, dim=rvq_tests.DIM,
                                            num_quantizers=rvq_tests.Q, codebook_size=rvq_tests.K, **kwargs))
     inputs, fwd = on_device(rvq_tests._inputs(layout)), on_device(fwd)
-    run_pair(ref, ours, inputs, train=True, fwd_kwargs=fwd, lr=rvq_tests.LR)
-    run_pair(ref, ours, inputs[:1], train=False, fwd_kwargs=fwd)
+    run_pair(ref, ours, inputs, train=True, fwd_kwargs=fwd, lr=rvq_tests.LR, tol=STACK_TOL)
+    run_pair(ref, ours, inputs[:1], train=False, fwd_kwargs=fwd, tol=STACK_TOL)
     if "indices" not in fwd and layout != "bdn":
         rvq_tests._eval_decode_matches(ref, ours, inputs[1], {"mask": fwd["mask"]} if "mask" in fwd else None)
 
@@ -172,18 +189,28 @@ def test_residual_vq_matches_seed(name, kwargs, layout, fwd):
 def test_residual_vq_random_options_match_seed_draw_for_draw(name, kwargs):
     ref, ours = to_device(*rvq_tests._pair(rvq_tests.SeedResidualVQ, ResidualVQ, BACKEND, dim=rvq_tests.DIM,
                                            num_quantizers=3, codebook_size=rvq_tests.K, **kwargs))
-    run_pair(ref, ours, on_device(rvq_tests._inputs("bnd")), train=True, lr=rvq_tests.LR, rng_seed=50)
+    run_pair(ref, ours, on_device(rvq_tests._inputs("bnd")), train=True, lr=rvq_tests.LR, rng_seed=50, tol=STACK_TOL)
 
 
-@pytest.mark.parametrize("name,kwargs,layout,fwd", rvq_tests.GROUPED_CASES,
-                         ids=[c[0] for c in rvq_tests.GROUPED_CASES])
+def _grouped_cases():
+    """The CPU suite's grouped cases; one is marked where the seed's CUDA tie-breaking decides it."""
+    tie = pytest.mark.xfail(ON_CUDA, strict=False, reason=(
+        "k-means on residuals that are exactly zero after stage 3 puts several identical codes in the "
+        "codebook; torch's CUDA max() in the seed's k-means breaks those exact ties at another index than "
+        "the first, so equal codes sit at other positions (seen on an H200: both chosen codes at float64 "
+        "distance 0, indices 4 and 7)"))
+    return [pytest.param(*case, id=case[0], marks=tie if case[0] == "mask-kmeans" else ())
+            for case in rvq_tests.GROUPED_CASES]
+
+
+@pytest.mark.parametrize("name,kwargs,layout,fwd", _grouped_cases())
 def test_grouped_residual_vq_matches_seed(name, kwargs, layout, fwd):
     ref, ours = to_device(*rvq_tests._pair(rvq_tests.SeedGroupedResidualVQ, GroupedResidualVQ, BACKEND,
                                            dim=rvq_tests.DIM, groups=2, num_quantizers=rvq_tests.Q,
                                            codebook_size=rvq_tests.K, **kwargs))
     inputs, fwd = on_device(rvq_tests._inputs(layout)), on_device(fwd)
-    run_pair(ref, ours, inputs, train=True, fwd_kwargs=fwd, lr=rvq_tests.LR, rng_seed=9)
-    run_pair(ref, ours, inputs[:1], train=False, fwd_kwargs=fwd)
+    run_pair(ref, ours, inputs, train=True, fwd_kwargs=fwd, lr=rvq_tests.LR, rng_seed=9, tol=STACK_TOL)
+    run_pair(ref, ours, inputs[:1], train=False, fwd_kwargs=fwd, tol=STACK_TOL)
     if "indices" not in fwd:
         rvq_tests._eval_decode_matches(ref, ours, inputs[1], fwd)
 
@@ -193,8 +220,8 @@ def test_fsq_matches_seed(kwargs, shape):
     theirs, ours = to_device(*fsq_tests.build_pair(seed.FSQ, FSQ, **kwargs))
     gen = torch.Generator().manual_seed(0)
     inputs = on_device([torch.randn(shape, generator=gen) * 2 for _ in range(3)])
-    # off CPU the projections are the module calls the seed makes (the fused kernels are CPU-only)
-    tol = dict(rtol=0, atol=0) if ON_CUDA else fsq_tests.tolerance(ours)
+    # bit for bit without projections; with them, the backward's sums run in another order
+    tol = fsq_tests.tolerance(ours)
     fsq_tests.train_pair(theirs, ours, inputs, fsq_tests.fsq_call, **tol)
     ours.eval(), theirs.eval()
     (out_o, idx_o), (out_t, idx_t) = ours(inputs[0]), theirs(inputs[0])

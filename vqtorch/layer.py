@@ -266,6 +266,8 @@ class VectorQuantize(nn.Module):
             out = out[:, 0]
         if mask is not None:
             out = torch.where(mask.unsqueeze(-1), out, original)
+        if torch.is_autocast_enabled(out.device.type):
+            return out  # project_out's autocast dtype, as the seed returns it
         return out.to(original.dtype)
 
     def _codes_out(self, codes, b, layout):
