@@ -208,3 +208,15 @@ def test_unknown_workload_is_rejected_with_the_choices(capsys):
         parse_args(["--only", "nearest,bogus"])
     assert exit_info.value.code == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def test_cuda_benchmark_refuses_to_run_without_a_gpu():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the benchmark would run")
+    from benchmarks import cuda
+
+    with pytest.raises(SystemExit, match="needs a GPU"):
+        cuda.main(["--quick"])
+    labels = [case[0] for case in cuda.FULL]
+    assert len(labels) == len(set(labels)) and any("2^16" in label for label in labels)
