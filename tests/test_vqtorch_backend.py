@@ -120,3 +120,39 @@ def test_torch_rerank_of_ties_far_rows_and_split_pair_blocks(monkeypatch, metric
     want = naive.nearest(x[0].astype(np.float64) * scale, codes[0].astype(np.float64) * scale, metric)
     np.testing.assert_array_equal(got[0].numpy(), want)
     assert got.max() < 45
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_torch_search_refuses_non_finite_rows(metric, bad):
+    """NaN/Inf reach the search only from inside a layer (after project_in): refused as vqcore refuses them,
+    never an index out of range or a silent code 0."""
+    x, codes = torch.randn(1, 6, 4), torch.randn(1, 8, 4)
+    x[0, 3, 1] = bad
+    with pytest.raises(ValueError, match="1 rows to quantize contain NaN or Inf"):
+        TorchBackend().nearest(x, codes, metric=metric)
+
+
+def test_torch_search_under_float64_default_dtype():
+    x, codes = torch.randn(1, 30, 4), torch.randn(1, 8, 4)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        for metric in ("euclidean", "cosine"):
+            got = TorchBackend().nearest(x, codes, metric=metric)
+            want = naive.nearest(x[0].double().numpy(), codes[0].double().numpy(), metric)
+            np.testing.assert_array_equal(got[0].numpy(), want)
+    finally:
+        torch.set_default_dtype(default)
+
+
+def test_torch_search_stays_exact_under_cpu_autocast():
+    """Autocast would run the scores' addmm in bfloat16, far outside the bound; the search turns it off.
+    Near-duplicate codes: without that, 56 of these 3,000 rows were ranked wrongly."""
+    rng = np.random.default_rng(11)
+    base = rng.standard_normal((256, 32))
+    codes = np.concatenate([base, base + 1e-4 * rng.standard_normal(base.shape)]).astype(np.float32)
+    x = (base[rng.integers(0, 256, 3000)] + 1e-3 * rng.standard_normal((3000, 32))).astype(np.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = TorchBackend().nearest(torch.from_numpy(x)[None], torch.from_numpy(codes)[None], metric="euclidean")
+    np.testing.assert_array_equal(got[0].numpy(), naive.nearest(x, codes))

@@ -65,7 +65,7 @@ class _CertifiedSearch:
         big_c = upward(sq.amax().sqrt()) if k else centred.new_zeros(())
         self.coefs = blas_terms(big_c, d, metric)
         self.operand = (scaled * -score_factor(metric)).T.contiguous()  # times a power of two: exact
-        self.bias = torch.zeros(k, device=codes.device) if cosine else sq.float()
+        self.bias = torch.zeros(k, dtype=torch.float32, device=codes.device) if cosine else sq.float()
         self.limit = work_limit()
 
     def nearest(self, x):
@@ -115,6 +115,10 @@ class _CertifiedSearch:
                 exact[start:start + step] = ((x64[r] - self.codes64[j]) * self.scale).pow(2).sum(1)
         low = torch.full((m,), float("inf"), dtype=torch.float64, device=x64.device)
         low = low.scatter_reduce(0, rows, exact, "amin")
+        broken = int((~torch.isfinite(low)).sum())  # finite float32 rows always give finite float64 scores
+        if broken:
+            raise ValueError(f"{broken} rows to quantize contain NaN or Inf (in a layer: after project_in); "
+                             "remove or impute those values first.")
         reach = exact == low[rows]
         first = torch.full((m,), k, dtype=torch.long, device=x64.device)
         return first.scatter_reduce(0, rows[reach], codes[reach], "amin")
