@@ -140,8 +140,11 @@ def run_case(label, build, shape, loss_fn, mode, repeat):
         modules.pop(name)
         torch.cuda.empty_cache()
     if modules:
-        for name, ms in _time_ms(modules, x, loss_fn, mode, repeat).items():
-            row[f"{name}_ms"] = round(ms, 3)
+        try:
+            for name, ms in _time_ms(modules, x, loss_fn, mode, repeat).items():
+                row[f"{name}_ms"] = round(ms, 3)
+        except torch.cuda.OutOfMemoryError as exc:  # memory left over between calls: the row says so
+            row["timing_error"] = f"out of memory while timing ({str(exc).splitlines()[0][:80]})"
     row.update({f"{name}_error": error for name, error in failed.items()})
     if "seed_ms" in row and "vqtorch_ms" in row:
         row["ratio"] = round(row["vqtorch_ms"] / row["seed_ms"], 3)
