@@ -2,6 +2,8 @@
 
 Run where torch sees a GPU: ``python -m benchmarks.cuda [--quick] [--repeat N] [--json FILE]``.
 CI has no GPU, so this is not part of ``python -m benchmarks``; its numbers go in the README by hand.
+``--device cpu`` runs the same cases on CPU (wall-clock timing, no memory column): how the test
+suite checks that the script still runs.
 
 Every case builds the seed's module and ours from the same state (``load_state_dict``, strict) and
 times one call: a training step (forward + backward, EMA updates included) or an eval forward.
@@ -15,6 +17,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 import warnings
 
 import torch
@@ -78,12 +81,12 @@ QUICK = [
 ]
 
 
-def _pair(build):
+def _pair(build, device):
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        theirs = build(seed).cuda()
-    ours = build(vqtorch).cuda()
+        theirs = build(seed).to(device)
+    ours = build(vqtorch).to(device)
     ours.load_state_dict(theirs.state_dict(), strict=True)
     return {"seed": theirs, "vqtorch": ours}
 
@@ -99,6 +102,7 @@ def _call(module, x, loss_fn, mode):
 
 
 def _peak_mib(module, x, loss_fn, mode):
+    """GPU memory one call allocates at its peak, above what was allocated before it."""
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
@@ -107,33 +111,45 @@ def _peak_mib(module, x, loss_fn, mode):
     return (torch.cuda.max_memory_allocated() - before) / MIB
 
 
-def _time_ms(modules, x, loss_fn, mode, repeat):
+def _burst_ms(module, x, loss_fn, mode, on_cuda):
+    """Milliseconds per call over one burst: CUDA events on a GPU, the wall clock elsewhere."""
+    if not on_cuda:
+        start = time.perf_counter()
+        for _ in range(BURST):
+            _call(module, x, loss_fn, mode)
+        return (time.perf_counter() - start) * 1e3 / BURST
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(BURST):
+        _call(module, x, loss_fn, mode)
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / BURST
+
+
+def _time_ms(modules, x, loss_fn, mode, repeat, on_cuda):
     """Median milliseconds per call of each module, bursts alternating between them."""
     times = {name: [] for name in modules}
     for _ in range(repeat):
         for name, module in modules.items():
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            for _ in range(BURST):
-                _call(module, x, loss_fn, mode)
-            end.record()
-            torch.cuda.synchronize()
-            times[name].append(start.elapsed_time(end) / BURST)
+            times[name].append(_burst_ms(module, x, loss_fn, mode, on_cuda))
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def run_case(label, build, shape, loss_fn, mode, repeat):
+def run_case(label, build, shape, loss_fn, mode, repeat, device="cuda"):
     """One row: each library's median time and peak memory (or the error that stopped it)."""
+    on_cuda = torch.device(device).type == "cuda"
     row = {"case": f"{label} {mode}", "shape": list(shape)}
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).cuda()
-    modules, failed = _pair(build), {}
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
+    modules, failed = _pair(build, device), {}
     for name, module in modules.items():
         module.train(mode == "train")
         try:
             for _ in range(3):  # warm-up: k-means init, caches, cuBLAS handles
                 _call(module, x, loss_fn, mode)
-            row[f"{name}_peak_mib"] = round(_peak_mib(module, x, loss_fn, mode), 1)
+            if on_cuda:
+                row[f"{name}_peak_mib"] = round(_peak_mib(module, x, loss_fn, mode), 1)
         except torch.cuda.OutOfMemoryError as exc:
             failed[name] = f"out of memory ({str(exc).splitlines()[0][:80]})"
     for name in failed:
@@ -141,7 +157,7 @@ def run_case(label, build, shape, loss_fn, mode, repeat):
         torch.cuda.empty_cache()
     if modules:
         try:
-            for name, ms in _time_ms(modules, x, loss_fn, mode, repeat).items():
+            for name, ms in _time_ms(modules, x, loss_fn, mode, repeat, on_cuda).items():
                 row[f"{name}_ms"] = round(ms, 3)
         except torch.cuda.OutOfMemoryError as exc:  # memory left over between calls: the row says so
             row["timing_error"] = f"out of memory while timing ({str(exc).splitlines()[0][:80]})"
@@ -149,7 +165,8 @@ def run_case(label, build, shape, loss_fn, mode, repeat):
     if "seed_ms" in row and "vqtorch_ms" in row:
         row["ratio"] = round(row["vqtorch_ms"] / row["seed_ms"], 3)
     del modules, x
-    torch.cuda.empty_cache()
+    if on_cuda:
+        torch.cuda.empty_cache()
     return row
 
 
@@ -158,21 +175,24 @@ def _cell(row, key, fmt):
 
 
 def main(argv=None):
+    """Run the cases and print a markdown table; returns the rows."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes: checks the script, not the speed")
     parser.add_argument("--repeat", type=int, default=7, help="timed bursts per library and case")
+    parser.add_argument("--device", default="cuda", help="torch device (default cuda; cpu checks the script)")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        sys.exit("benchmarks.cuda needs a GPU that torch can see")
-    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, "
-          f"allow_tf32={torch.backends.cuda.matmul.allow_tf32}")
+    on_cuda = torch.device(args.device).type == "cuda"
+    if on_cuda and not torch.cuda.is_available():
+        sys.exit("benchmarks.cuda needs a GPU that torch can see (or --device cpu to check the script)")
+    name = torch.cuda.get_device_name() if on_cuda else args.device
+    print(f"# {name}, torch {torch.__version__}, allow_tf32={torch.backends.cuda.matmul.allow_tf32}")
     print("| case | seed ms | vqtorch ms | ratio | seed peak MiB | vqtorch peak MiB |")
     print("|---|---|---|---|---|---|")
     rows = []
     for label, build, shape, loss_fn, modes in (QUICK if args.quick else FULL):
         for mode in modes:
-            row = run_case(label, build, shape, loss_fn, mode, args.repeat)
+            row = run_case(label, build, shape, loss_fn, mode, args.repeat, args.device)
             rows.append(row)
             print(f"| {row['case']} {tuple(shape)} | {_cell(row, 'seed_ms', '{:.3f}')} | "
                   f"{_cell(row, 'vqtorch_ms', '{:.3f}')} | {_cell(row, 'ratio', '{:.2f}x')} | "
@@ -180,7 +200,8 @@ def main(argv=None):
                   flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)
+            json.dump({"device": name, "torch": torch.__version__, "rows": rows}, f, indent=1)
+    return rows
 
 
 if __name__ == "__main__":

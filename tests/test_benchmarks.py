@@ -220,3 +220,15 @@ def test_cuda_benchmark_refuses_to_run_without_a_gpu():
         cuda.main(["--quick"])
     labels = [case[0] for case in cuda.FULL]
     assert len(labels) == len(set(labels)) and any("2^16" in label for label in labels)
+
+
+def test_cuda_benchmark_script_runs_on_cpu():
+    """The GPU benchmark's code runs in CI through ``--device cpu``: every quick case times both libraries."""
+    pytest.importorskip("vector_quantize_pytorch")
+    from benchmarks import cuda
+
+    rows = cuda.main(["--quick", "--device", "cpu", "--repeat", "1"])
+    assert len(rows) == sum(len(case[4]) for case in cuda.QUICK)
+    for row in rows:
+        assert row["seed_ms"] > 0 and row["vqtorch_ms"] > 0 and row["ratio"] > 0, row
+        assert "seed_peak_mib" not in row  # GPU memory only
