@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -170,19 +171,28 @@ def score_factor(metric):
     return 1.0 if metric == "cosine" else 2.0
 
 
-def _shared_terms(big_c, d, work, cosine):
-    """The bound's terms common to every engine (see :func:`plan`), before the 1 % margin: ``c3, c4``.
-
-    Plain arithmetic on ``big_c``, so a float or a 0-d float64 tensor (kept on its device) works.
-    """
-    u = _UNIT_ROUNDOFF[np.dtype(work)]
+@lru_cache(maxsize=1024)
+def _term_constants(d, work_name, cosine, margin):
+    """The constants of :func:`_shared_terms`, times ``margin``: ``c3 = a3 C**2``,
+    ``c4 = a4 (1 + C**2) + tiny (1 + C)**2``."""
+    u = _UNIT_ROUNDOFF[np.dtype(work_name)]
     eps = u + _U64
     gamma64 = _gamma(d + 2, _U64)
-    tiny = (d + 4) * (2.0 ** -120 if np.dtype(work) == np.float32 else 2.0 ** -1000) * (1 + big_c) ** 2
+    tiny = (d + 4) * (2.0 ** -120 if work_name == "float32" else 2.0 ** -1000)
     factor = score_factor("cosine" if cosine else "euclidean")
-    c3 = 0.0 * big_c if cosine else (2 * u + 3 * eps + gamma64) * big_c ** 2
-    c4 = factor * 2 * gamma64 * (1 + big_c ** 2) + tiny
-    return c3, c4
+    a3 = 0.0 if cosine else 2 * u + 3 * eps + gamma64
+    return a3 * margin, factor * 2 * gamma64 * margin, tiny * margin
+
+
+def _shared_terms(big_c, d, work, cosine, margin=1.0):
+    """The bound's terms common to every engine (see :func:`plan`): ``c3, c4``, times ``margin``.
+
+    Plain arithmetic on ``big_c``, so a float or a 0-d float64 tensor (kept on its device) works;
+    the constants are folded first, so a tensor costs few operations.
+    """
+    a3, a4, tiny = _term_constants(d, np.dtype(work).name, cosine, margin)
+    c_sq = big_c * big_c
+    return a3 * c_sq, a4 * (1 + c_sq) + tiny * (1 + big_c) ** 2
 
 
 def _shared_coefficients(big_c, d, work, cosine):
@@ -193,17 +203,22 @@ def _shared_coefficients(big_c, d, work, cosine):
     return coefs, u, u + _U64
 
 
+@lru_cache(maxsize=1024)
+def _c0_constant(d, work_name, metric):
+    u = _UNIT_ROUNDOFF[np.dtype(work_name)]
+    return score_factor(metric) * (u + _gamma(d, u) + 2 * (u + _U64)) * 1.01
+
+
 def blas_terms(big_c, d, metric, work=np.float32):
     """Coefficients ``(c0, c3, c4)`` of the bound on fp32/fp64 GEMM scores (see :func:`plan`).
 
     A row's scores are within ``c0 |v| + c3 + c4 (1 + |v|)**2`` of their exact values, whatever
     the GEMM's summation order; ``big_c`` is an upper bound on the scaled codes' norms, a float or a
-    0-d float64 tensor.
+    0-d float64 tensor.  The 1 % margin is in the constants.
     """
-    u = _UNIT_ROUNDOFF[np.dtype(work)]
-    c0 = score_factor(metric) * (u + _gamma(d, u) + 2 * (u + _U64)) * big_c
-    c3, c4 = _shared_terms(big_c, d, work, metric == "cosine")
-    return c0 * 1.01, c3 * 1.01, c4 * 1.01
+    work_name = np.dtype(work).name
+    c3, c4 = _shared_terms(big_c, d, work, metric == "cosine", margin=1.01)
+    return _c0_constant(d, work_name, metric) * big_c, c3, c4
 
 
 def work_limit(work=np.float32):

@@ -58,8 +58,9 @@ class _CertifiedSearch:
         self.mu = torch.zeros(d, dtype=torch.float64, device=codes.device) if cosine else self.codes64.mean(0)
         centred = self.codes64 - self.mu
         top = centred.abs().amax() if centred.numel() else centred.new_zeros(())
-        # a power of two bringing the codes within [-1, 1]: an exact scaling
-        self.scale = torch.where(top > 0, torch.exp2(-torch.ceil(torch.log2(top))), torch.ones_like(top))
+        # 2**-e for top = m 2**e, m in [1/2, 1): a power of two bringing the codes within [-1, 1]
+        # (an exact scaling; 1 where top is 0)
+        self.scale = torch.ldexp(torch.ones_like(top), -torch.frexp(top).exponent)
         scaled = (centred * self.scale).float()
         sq = scaled.double().pow(2).sum(1)
         big_c = upward(sq.amax().sqrt()) if k else centred.new_zeros(())
@@ -77,7 +78,7 @@ class _CertifiedSearch:
         x64 = x.detach().double()
         if self.metric == "cosine":
             top = x64.abs().amax(dim=1, keepdim=True)
-            row_scale = torch.where(top > 0, torch.exp2(-torch.ceil(torch.log2(top))), 1.0)
+            row_scale = torch.ldexp(torch.ones_like(top), -torch.frexp(top).exponent)  # as the codes' scale
             v64 = x64 * row_scale
         else:
             row_scale = None
