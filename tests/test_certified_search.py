@@ -252,3 +252,17 @@ def test_kmeans_on_offset_blobs_matches_the_centred_run():
     shifted, shifted_counts = vqcore.kmeans(x + np.float32(3000), 16, init=init + np.float32(3000), iters=5)
     np.testing.assert_array_equal(counts, shifted_counts)
     np.testing.assert_allclose(shifted - 3000, means, atol=2e-3)
+
+
+def test_float64_rows_far_beyond_a_tiny_codebook_are_ranked_not_refused():
+    """Codes spread over 1e-218 put a row at 1 some 2**722 spreads away, past what the direct form can
+    square at the codebook's scale; the row is ranked at its own power of two (found by hypothesis)."""
+    x = np.array([[6.91659681e-218, 0, 0], [0, 0, 0], [1, 0, 0], [0, 0, 0]])
+    codebook = x[:2]
+    idx, dist = vqcore.nearest(x, codebook, return_distances=True)
+    # rows 1 and 3 sit on code 1 exactly (naive float64 squares underflow and call it a tie);
+    # row 2 is nearer code 0 by 6.9e-218, which float64 rounds to a tie, and ties go to index 0
+    np.testing.assert_array_equal(idx, [0, 1, 0, 1])
+    np.testing.assert_array_equal(dist, [0.0, 0.0, -1.0, 0.0])  # negative distances, as the seed scores
+    far = vqcore.nearest(np.array([[-3e200, 1.0, 2.0]]), codebook)  # scaled by 2**722 this overflows float64
+    assert far.tolist() == [0]  # float64 cannot tell the codes apart at this distance: the lowest index

@@ -160,12 +160,13 @@ def prepare_row(x, r, mu, scale, cosine, limit, out):
     sq = 0.0
     status = 0
     for f in range(d):
-        v = np.float64(x[r, f])
-        v = v * row_scale if cosine else (v - mu[f]) * row_scale
+        value = np.float64(x[r, f])
+        v = value * row_scale if cosine else (value - mu[f]) * row_scale
         a = abs(v)
         if not a <= limit:
             if not a <= DIRECT_LIMIT:
-                return 0.0, row_scale, 1 if (v != v or a == np.inf) else 3
+                # NaN/Inf input, or a finite value whose scaled form overflows (ranked at its own scale)
+                return 0.0, row_scale, 1 if not abs(value) <= 1.7976931348623157e308 else 3
             status = 2
         w = out.dtype.type(v)
         out[f] = w
@@ -183,6 +184,18 @@ def prepare_block(x, start, mu, scale, cosine, limit, vblock, norms, row_scales,
 
 
 @jit(inline="always")
+def far_row_scale(x, r, codebook):
+    """A power of two bringing every ``|x[r] - c|`` to at most 1 (0.0 when a difference overflows)."""
+    top = 0.0
+    for j in range(codebook.shape[0]):
+        for f in range(x.shape[1]):
+            top = max(top, abs(np.float64(x[r, f]) - np.float64(codebook[j, f])))
+    if not top <= 1.7976931348623157e308:
+        return 0.0
+    return 1.0 if top == 0.0 else 2.0 ** -np.ceil(np.log2(top))
+
+
+@jit(inline="always")
 def finish_row(x, r, codebook, scores_row, bias, bound, row_scale, status, scale, cosine,
                indices, dist, candidates, record, scratch):
     """Select the certified nearest code of row ``r`` from its fast scores (fills the OUT arrays).
@@ -191,6 +204,12 @@ def finish_row(x, r, codebook, scores_row, bias, bound, row_scale, status, scale
     ``scratch`` is :func:`row_scratch`'s, for :func:`vector_row_code`.
     """
     k = codebook.shape[0]
+    if status == 3 and not cosine:
+        # Too far out for the codebook's scale (a float64 row, codes spread over a tiny range):
+        # the direct form at the row's own power of two, which every code shares, so still exact.
+        scale = far_row_scale(x, r, codebook)
+        row_scale = scale
+        status = 2 if scale > 0.0 else 3
     if status == 1 or status == 3:
         indices[r] = ROW_NOT_FINITE if status == 1 else ROW_OUT_OF_RANGE
         dist[r] = np.nan
