@@ -266,3 +266,10 @@ def test_float64_rows_far_beyond_a_tiny_codebook_are_ranked_not_refused():
     np.testing.assert_array_equal(dist, [0.0, 0.0, -1.0, 0.0])  # negative distances, as the seed scores
     far = vqcore.nearest(np.array([[-3e200, 1.0, 2.0]]), codebook)  # scaled by 2**722 this overflows float64
     assert far.tolist() == [0]  # float64 cannot tell the codes apart at this distance: the lowest index
+
+
+def test_subnormal_float64_spreads_scale_by_the_largest_power_of_two():
+    """Codes 2e-311 apart would need a scale of 2**1034, past float64's range (found by hypothesis)."""
+    tiny = 2.22507386e-311
+    x = np.array([[0.0, tiny, tiny], [tiny, tiny, tiny], [tiny, tiny, tiny], [tiny, 0.0, tiny]])
+    np.testing.assert_array_equal(vqcore.nearest(x, x[:2]), [0, 1, 1, 1])

@@ -162,8 +162,11 @@ def plan(codebook, metric, engine="fp32"):
 
 
 def _power_of_two_scale(top):
-    """The power of two ``s`` with ``top * s`` in (1/2, 1]: an exact scaling of centred codes."""
-    return 1.0 if top == 0.0 else float(2.0 ** -np.ceil(np.log2(top)))
+    """The power of two ``s`` with ``top * s`` in (1/2, 1]: an exact scaling of centred codes.
+
+    Below 2**-1023 (subnormal spreads) the largest finite power of two, 2**1023, is used instead.
+    """
+    return 1.0 if top == 0.0 else float(2.0 ** min(1023.0, -np.ceil(np.log2(top))))
 
 
 def score_factor(metric):

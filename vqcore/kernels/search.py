@@ -156,7 +156,7 @@ def prepare_row(x, r, mu, scale, cosine, limit, out):
             if not a <= 1.7e308:  # NaN or Inf
                 return 0.0, 1.0, 1
             top = max(top, a)
-        row_scale = 1.0 if top == 0.0 else 2.0 ** -np.ceil(np.log2(top))
+        row_scale = 1.0 if top == 0.0 else 2.0 ** min(1023.0, -np.ceil(np.log2(top)))
     sq = 0.0
     status = 0
     for f in range(d):
@@ -192,7 +192,7 @@ def far_row_scale(x, r, codebook):
             top = max(top, abs(np.float64(x[r, f]) - np.float64(codebook[j, f])))
     if not top <= 1.7976931348623157e308:
         return 0.0
-    return 1.0 if top == 0.0 else 2.0 ** -np.ceil(np.log2(top))
+    return 1.0 if top == 0.0 else 2.0 ** min(1023.0, -np.ceil(np.log2(top)))
 
 
 @jit(inline="always")
