@@ -9,7 +9,7 @@ import numpy as np
 from . import _validate
 from ._config import num_threads, single_threaded_blas
 from .kernels.bf16 import HAS_BF16, bf16_round, error_bound_terms, pack_codes
-from .kernels.search import ROW_NOT_FINITE, block_rows, certified_assign
+from .kernels.search import ROW_NOT_FINITE, block_rows, certified_assign, power_of_two_scale
 
 __all__ = ["nearest", "distances"]
 
@@ -135,14 +135,17 @@ def plan(codebook, metric, engine="fp32"):
     cosine = metric == "cosine"
     mu = np.zeros(d) if cosine else c64.mean(axis=0)
     centred = c64 - mu
-    scale = _power_of_two_scale(np.abs(centred).max() if centred.size else 0.0)
+    scale = float(power_of_two_scale(float(np.abs(centred).max()) if centred.size else 0.0))
     scaled = (centred * scale).astype(work)
     s64 = scaled.astype(np.float64)
     sq = np.einsum("kd,kd->k", s64, s64)
     big_c = upward(np.sqrt(sq.max()))
     factor = score_factor(metric)
     if engine in BF16_ENGINES:
-        coefs, u, eps = _shared_coefficients(big_c, d, work, cosine)
+        u = _UNIT_ROUNDOFF[work]
+        eps = u + _U64
+        coefs = np.zeros(5)
+        coefs[3], coefs[4] = _shared_terms(big_c, d, work, cosine)
         rounded = bf16_round(scaled)
         big_r = upward(np.sqrt(np.einsum("kd,kd->k", *(2 * [(scaled - rounded).astype(np.float64)])).max()))
         big_b = upward(np.sqrt(np.einsum("kd,kd->k", *(2 * [rounded.astype(np.float64)])).max()))
@@ -159,14 +162,6 @@ def plan(codebook, metric, engine="fp32"):
         operand = np.ascontiguousarray((-factor * scaled).T)
     bias = np.zeros(k, dtype=work) if cosine else sq.astype(work)
     return SearchPlan(codebook, metric, engine, mu, scale, operand, bias, coefs, _WORK_LIMIT[work])
-
-
-def _power_of_two_scale(top):
-    """The power of two ``s`` with ``top * s`` in (1/2, 1]: an exact scaling of centred codes.
-
-    Below 2**-1023 (subnormal spreads) the largest finite power of two, 2**1023, is used instead.
-    """
-    return 1.0 if top == 0.0 else float(2.0 ** min(1023.0, -np.ceil(np.log2(top))))
 
 
 def score_factor(metric):
@@ -196,14 +191,6 @@ def _shared_terms(big_c, d, work, cosine, margin=1.0):
     a3, a4, tiny = _term_constants(d, np.dtype(work).name, cosine, margin)
     c_sq = big_c * big_c
     return a3 * c_sq, a4 * (1 + c_sq) + tiny * (1 + big_c) ** 2
-
-
-def _shared_coefficients(big_c, d, work, cosine):
-    """:func:`_shared_terms` in a coefficient array, with the unit roundoffs the engines add to."""
-    u = _UNIT_ROUNDOFF[np.dtype(work)]
-    coefs = np.zeros(5)
-    coefs[3], coefs[4] = _shared_terms(big_c, d, work, cosine)
-    return coefs, u, u + _U64
 
 
 @lru_cache(maxsize=1024)

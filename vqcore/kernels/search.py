@@ -31,6 +31,7 @@ MAX_BLOCK_ROWS = 1024
 ROW_NOT_FINITE = -1
 #: ``indices`` marks a float64 row too far from the codebook to rank safely.
 ROW_OUT_OF_RANGE = -2
+FLOAT64_MAX = 1.7976931348623157e308
 #: Largest scaled value whose square, summed over any realistic d, stays finite in float64.
 DIRECT_LIMIT = 2.0 ** 500
 
@@ -156,7 +157,7 @@ def prepare_row(x, r, mu, scale, cosine, limit, out):
             if not a <= 1.7e308:  # NaN or Inf
                 return 0.0, 1.0, 1
             top = max(top, a)
-        row_scale = 1.0 if top == 0.0 else 2.0 ** min(1023.0, -np.ceil(np.log2(top)))
+        row_scale = power_of_two_scale(top)
     sq = 0.0
     status = 0
     for f in range(d):
@@ -166,7 +167,7 @@ def prepare_row(x, r, mu, scale, cosine, limit, out):
         if not a <= limit:
             if not a <= DIRECT_LIMIT:
                 # NaN/Inf input, or a finite value whose scaled form overflows (ranked at its own scale)
-                return 0.0, row_scale, 1 if not abs(value) <= 1.7976931348623157e308 else 3
+                return 0.0, row_scale, 1 if not abs(value) <= FLOAT64_MAX else 3
             status = 2
         w = out.dtype.type(v)
         out[f] = w
@@ -183,6 +184,15 @@ def prepare_block(x, start, mu, scale, cosine, limit, vblock, norms, row_scales,
             vblock[i, :] = 0  # keep the scores finite; the row is answered by the direct form
 
 
+@jit
+def power_of_two_scale(top):
+    """The power of two ``s`` with ``top * s`` in (1/2, 1] (1 for 0): an exact scaling.
+
+    Below 2**-1023 (subnormal spreads) the largest finite power of two, 2**1023, is used instead.
+    """
+    return 1.0 if top == 0.0 else 2.0 ** min(1023.0, -np.ceil(np.log2(top)))
+
+
 @jit(inline="always")
 def far_row_scale(x, r, codebook):
     """A power of two bringing every ``|x[r] - c|`` to at most 1 (0.0 when a difference overflows)."""
@@ -190,9 +200,9 @@ def far_row_scale(x, r, codebook):
     for j in range(codebook.shape[0]):
         for f in range(x.shape[1]):
             top = max(top, abs(np.float64(x[r, f]) - np.float64(codebook[j, f])))
-    if not top <= 1.7976931348623157e308:
+    if not top <= FLOAT64_MAX:
         return 0.0
-    return 1.0 if top == 0.0 else 2.0 ** min(1023.0, -np.ceil(np.log2(top)))
+    return power_of_two_scale(top)
 
 
 @jit(inline="always")
