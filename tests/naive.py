@@ -123,3 +123,24 @@ def kmeanspp_greedy(x, k, rng, trials):
         chosen.append(best[1])
         closest = best[2]
     return np.array(chosen)
+
+
+def fsq_levels_and_index(t, half_l, offset, levels):
+    """FSQ's rounding, one value at a time: the integer levels ``rint(t * half_l - offset)``
+    (in t's dtype, each step rounded as numpy's unfused ops round) and each code's
+    mixed-radix index, the first dim varying fastest."""
+    t = np.asarray(t)
+    d = len(levels)
+    rounded = np.empty_like(t)
+    for position, value in np.ndenumerate(t):
+        j = position[-1] % d
+        rounded[position] = np.rint(value * t.dtype.type(half_l[j]) - t.dtype.type(offset[j]))
+    codes = rounded.reshape(-1, d)
+    index = np.empty(len(codes), dtype=np.int64)
+    for i, code in enumerate(codes):
+        total, place = 0, 1
+        for j in range(d):
+            total += (int(code[j]) + levels[j] // 2) * place
+            place *= levels[j]
+        index[i] = total
+    return rounded, index

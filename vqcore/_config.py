@@ -17,9 +17,17 @@ import numba
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
 
-def jit(*args, parallel=False, **kwargs):
-    """``numba.njit`` with the project's flags: cached, fast-math, GIL released."""
-    return numba.njit(*args, cache=True, nogil=True, fastmath=set(FASTMATH),
+def jit(*args, parallel=False, exact=False, **kwargs):
+    """``numba.njit`` with the project's flags: cached, fast-math, GIL released.
+
+    ``exact=True`` compiles without fast-math, for kernels whose every operation must round
+    as the same numpy/torch op does (no contraction into fused multiply-adds, no reciprocals),
+    and with numpy's division semantics (x / 0 is inf, not an exception), whose branch-free
+    divide vectorises.
+    """
+    if exact:
+        kwargs.setdefault("error_model", "numpy")
+    return numba.njit(*args, cache=True, nogil=True, fastmath=False if exact else set(FASTMATH),
                       parallel=parallel, **kwargs)
 
 

@@ -4,8 +4,8 @@ Each feature is bounded with ``tanh`` into ``levels[i]`` steps and rounded, with
 straight-through gradient (https://arxiv.org/abs/2309.15505). The bound, the rounding, the
 rescaling and the index are one fused step (:class:`_BoundRound`) instead of a dozen tensor
 operations, and the level constants are computed once per device instead of per call. On CPU
-its elementwise steps run in numpy on the calling thread (see :func:`_bound_round_numpy`), and
-with projections the two ``nn.Linear`` and the bound run as compiled passes over the rows
+the steps around torch's ``tanh`` run as one compiled pass each way on the calling thread (see
+:func:`_bound_round_numpy`), and with projections the two ``nn.Linear`` and the bound run as compiled passes over the rows
 (:class:`_ProjectedBoundRound`).
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from torch import nn
 from vqcore._config import num_threads
 from vqcore.fsq import check_int, check_levels, resolve_keep_dim
 from vqcore.kernels.fsq import fsq_project_backward, fsq_project_in, fsq_project_out
+from vqcore.kernels.fsq_bound import fsq_bound_grad, fsq_round
 
 from .amp import no_cuda_autocast
 
@@ -91,6 +92,7 @@ class _LevelConstants:
         self.half_width = (levels // 2).float()  # divides as the seed's int32 half-width does
         basis = torch.cumprod(torch.tensor([1] + list(levels[:-1].tolist())), dim=0)
         self.basis = basis.double()
+        self.radix = basis.numpy().astype(np.int32)  # below codebook_size <= 2**31
         self.index_base = float(((levels // 2) * basis).sum())
         # float32 dot products of integer levels with the basis are exact below 2**24
         self.exact_in_float32 = int(levels.prod()) <= 2 ** 24
@@ -104,25 +106,17 @@ class _LevelConstants:
                                   for t in (self.shift, self.half_l, self.offset, self.half_width))
         return self._on[key]
 
-    def numpy_on(self, tiles):
-        """:meth:`on` for the CPU, as numpy arrays sharing the tensors' memory."""
-        key = ("numpy", tiles)
-        if key not in self._on:
-            self._on[key] = tuple(t.numpy() for t in self.on("cpu", tiles))
-        return self._on[key]
-
     def fused(self, codebooks, dtype):
-        """The constants of the fused kernels for ``codebooks`` side by side, in numpy ``dtype``.
+        """The constants of the compiled kernels for ``codebooks`` side by side, in numpy ``dtype``.
 
         ``(shift, half_l, offset, half_width, radix)``: the float32 constants converted
-        exactly to ``dtype`` (as torch promotes them against a float64 input), and the
-        int32 place value of each dim (below ``codebook_size <= 2**31``).
+        exactly to ``dtype`` (as torch promotes them against a float64 input), and
+        :attr:`radix`, the int32 place value of each dim, tiled alike.
         """
         key = ("fused", codebooks, dtype)
         if key not in self._on:
             floats = tuple(t.numpy().astype(dtype) for t in self.on("cpu", codebooks))
-            radix = np.tile(self.basis.numpy().astype(np.int32), codebooks)
-            self._on[key] = (*floats, radix)
+            self._on[key] = (*floats, np.tile(self.radix, codebooks))
         return self._on[key]
 
     def basis_on(self, dtype, device):
@@ -162,14 +156,14 @@ class _BoundRound(torch.autograd.Function):
         rows = z.reshape(-1, tiles * d)
         shift, half_l, offset, half_width = constants.on(z.device, tiles)
         if _on_numpy(rows):
-            t, codes, indices = _bound_round_numpy(rows.detach().numpy(), constants, tiles, d)
+            t, codes, indices = _bound_round_numpy(rows.detach().numpy(), constants, tiles)
         else:
             t = torch.add(rows, shift).tanh_()  # promotes to float32 at least, like the seed's bound
             codes = torch.mul(t, half_l).sub_(offset).round_()
             indices = constants.indices(codes.view(-1, d))
             codes.div_(half_width)
         ctx.save_for_backward(t, half_l, half_width)
-        ctx.z_shape, ctx.z_dtype = z.shape, z.dtype
+        ctx.z_shape, ctx.z_dtype, ctx.constants, ctx.tiles = z.shape, z.dtype, constants, tiles
         ctx.mark_non_differentiable(indices)
         return codes.view(z.shape), indices.view(*z.shape[:-1], z.shape[-1] // d)
 
@@ -177,12 +171,12 @@ class _BoundRound(torch.autograd.Function):
     def backward(ctx, grad_codes, grad_indices):
         t, half_l, half_width = ctx.saved_tensors
         grad_codes = grad_codes.reshape(t.shape)
-        # the seed's tanh gradient, bit for bit (torch's kernel fuses a multiply-add)
-        if _on_numpy(grad_codes) and not torch.is_grad_enabled():
-            grad = np.divide(grad_codes.numpy(), half_width.numpy())
-            grad = torch.from_numpy(np.multiply(grad, half_l.numpy(), out=grad))
-            for g, t_part in zip(*(on_this_thread(a.view(-1)) for a in (grad, t))):
-                torch.ops.aten.tanh_backward.grad_input(g, t_part, grad_input=g)
+        fused = tanh_backward_fuses(t.dtype) if _on_numpy(t) and grad_codes.dtype == t.dtype else None
+        if fused is not None and not torch.is_grad_enabled():
+            # the seed's chain, bit for bit, in one compiled pass (see vqcore.kernels.fsq_bound)
+            _, half_l, _, half_width, _ = ctx.constants.fused(ctx.tiles, _NUMPY_DTYPES[t.dtype])
+            grad = torch.empty_like(t)
+            fsq_bound_grad(_rows_of(grad_codes).numpy(), t.numpy(), half_l, half_width, fused, grad.numpy())
         else:  # torch ops out of place, which a backward with create_graph records
             grad = _recorded_bound_backward(grad_codes, t, half_l, half_width)
         grad = grad.view(ctx.z_shape)
@@ -192,6 +186,43 @@ class _BoundRound(torch.autograd.Function):
 def _recorded_bound_backward(grad_codes, t, half_l, half_width):
     """The seed's chain through the bound, ``((g / half_width) * half_l) * (1 - t**2)``, in torch ops."""
     return torch.ops.aten.tanh_backward(torch.div(grad_codes, half_width).mul_(half_l), t)
+
+
+_TANH_BACKWARD_FUSES = {}
+
+
+def tanh_backward_fuses(dtype):
+    """How torch's CPU ``tanh_backward`` computes ``g * (1 - t * t)`` in ``dtype`` on this machine.
+
+    True: ``1 - t * t`` as one fused multiply-add (torch's AVX2 kernels, as compiled, do);
+    False: rounded after the product; None: neither (then the caller keeps torch's op). Asked
+    once per dtype by comparing torch with :func:`fsq_bound_grad` on values that tell the two
+    forms apart, in vector-width bodies and scalar tails alike.
+    """
+    if dtype not in _TANH_BACKWARD_FUSES:
+        numpy_dtype = _NUMPY_DTYPES.get(dtype)
+        answer = None
+        if numpy_dtype is not None:
+            rng = np.random.default_rng(0)
+            grad = rng.standard_normal((1, 1027)).astype(numpy_dtype)
+            t = np.tanh(rng.standard_normal((1, 1027))).astype(numpy_dtype)
+            ones = np.ones(t.shape[1], dtype=numpy_dtype)
+            expected = torch.ops.aten.tanh_backward(torch.from_numpy(grad), torch.from_numpy(t)).numpy()
+            for fused in (True, False):
+                got = np.empty_like(t)
+                fsq_bound_grad(grad, t, ones, ones, fused, got)
+                if np.array_equal(got, expected):
+                    answer = fused
+                    break
+        _TANH_BACKWARD_FUSES[dtype] = answer
+    return _TANH_BACKWARD_FUSES[dtype]
+
+
+def _rows_of(grad):
+    """A 2-d gradient as the compiled kernels take it: contiguous, or its one row when every row is that row."""
+    if grad.stride(0) == 0:  # broadcast from a sum: pass the row, not m copies of it
+        grad = grad[:1]
+    return grad.contiguous()
 
 
 class _ProjectedBoundRound(torch.autograd.Function):
@@ -255,9 +286,7 @@ def _fused_backward(grad_out, x, w_in, w_out, t, codes, half_l, half_width):
     grad = grad_out.detach()
     if grad.dtype != x.dtype:
         grad = grad.to(x.dtype)
-    # a gradient broadcast from a sum repeats one row: pass that row, not n copies of it
-    grad = grad[:1].contiguous() if grad.stride(0) == 0 else grad.contiguous()
-    fsq_project_backward(grad.numpy(), x.detach().numpy(), w_in.detach().numpy(),
+    fsq_project_backward(_rows_of(grad).numpy(), x.detach().numpy(), w_in.detach().numpy(),
                          w_out.detach().t().contiguous().numpy(), t.numpy(), codes.numpy(),
                          half_l, half_width, threads,
                          grad_x.numpy(), *parts)
@@ -327,27 +356,26 @@ def on_this_thread(flat):
     return [flat[start:start + INLINE_CHUNK] for start in range(0, n, INLINE_CHUNK)]  # slices: cheaper than split
 
 
-def _bound_round_numpy(rows, constants, tiles, d):
+def _bound_round_numpy(rows, constants, tiles):
     """The bound/round of :class:`_BoundRound` on CPU: ``(t, codes, indices)`` as tensors.
 
-    Why numpy: its ops run on the calling thread. Each of torch's elementwise ops here would
-    open an OpenMP parallel region for (16, 1024, 4), and a region waits for a worker thread
-    to wake: 6 ms each, measured on a 2-core machine whose other core is busy, against 0.6 ms
-    for the whole forward + backward. numpy's add/multiply/subtract/rint/divide round as
-    torch's do; tanh stays torch's (the seed's bits).
+    Everything runs on the calling thread: torch's elementwise ops would open an OpenMP
+    parallel region for (16, 1024, 4), and a region waits for a worker thread to wake (6 ms
+    each, measured on a 2-core machine whose other core is busy, against 0.6 ms for the whole
+    forward + backward). The shift is numpy's add and the tanh torch's (the seed's bits); the
+    rounding, index and rescale are one compiled pass whose steps round as numpy's do.
     """
-    shift, half_l, offset, half_width = constants.numpy_on(tiles)
-    t = np.add(rows, shift)  # float32 at least, like the seed's bound
+    dtype = np.float64 if rows.dtype == np.float64 else np.float32  # the bound promotes to float32 at least
+    shift, half_l, offset, half_width, _ = constants.fused(tiles, dtype)
+    t = np.add(rows, shift)
     t_tensor = torch.from_numpy(t)
     for part in on_this_thread(t_tensor.view(-1)):
         part.tanh_()
-    codes = np.multiply(t, half_l)
-    np.subtract(codes, offset, out=codes)
-    np.rint(codes, out=codes)
-    codes_tensor = torch.from_numpy(codes)
-    indices = constants.indices(codes_tensor.view(-1, d))  # a GEMV on one thread at these sizes
-    np.divide(codes, half_width, out=codes)
-    return t_tensor, codes_tensor, indices
+    codes = np.empty_like(t)
+    indices = np.empty((t.shape[0], tiles), dtype=np.int32)
+    index_sum = np.empty(tiles, dtype=np.float32 if constants.exact_in_float32 else np.float64)
+    fsq_round(t, half_l, offset, half_width, constants.radix, int(constants.index_base), index_sum, codes, indices)
+    return t_tensor, torch.from_numpy(codes), torch.from_numpy(indices)
 
 
 class FSQ(nn.Module):
