@@ -235,3 +235,36 @@ def test_finite_check_is_exact_when_the_sum_overflows(dtype):
         x[17] = bad
         assert not all_finite(x)
         assert not all_finite(torch.where(torch.arange(64) == 5, torch.tensor(bad, dtype=dtype), torch.zeros((), dtype=dtype)))
+
+
+@pytest.mark.parametrize("backend", ["vqcore", "torch"])
+@pytest.mark.parametrize("kwargs", [dict(affine_param=True), dict(kmeans_init=True),
+                                    dict(stochastic_sample_codes=True, sample_codebook_temp=1.0)],
+                         ids=["affine", "kmeans", "stochastic"])
+@pytest.mark.parametrize("case", ["projection-overflow", "beyond-statistics-range"])
+def test_values_that_would_overflow_the_statistics_are_refused_before_any_state_changes(backend, kwargs, case):
+    """A finite x that project_in turns into Inf, or into values whose float32 EMA sums and
+    variances overflow: a ValueError, and every buffer as it was (the affine statistics, the
+    k-means init and the EMA included). Without the check, Inf was written into the codebook."""
+    from vqtorch import VectorQuantize
+
+    torch.manual_seed(0)
+    layer = VectorQuantize(dim=8, codebook_size=16, codebook_dim=4, backend=backend, **kwargs).train()
+    layer(torch.randn(2, 32, 8))  # a normal step first: initialised state to protect
+    before = {key: value.clone() for key, value in layer.state_dict().items()}
+    x = torch.randn(2, 32, 8)
+    if case == "projection-overflow":
+        x[1, 3] = 3e38
+        with torch.no_grad():
+            layer.project_in.weight.fill_(1.0)  # 8 * 3e38 overflows
+        before["project_in.weight"] = layer.project_in.weight.clone()
+        match = "contain NaN or Inf after project_in"
+    else:
+        x[1, :10] = 1e17  # finite after projection, but its squares overflow float32
+        match = "beyond 1.13e"
+    with pytest.raises(ValueError, match=match):
+        layer(x)
+    after = layer.state_dict()
+    assert after.keys() == before.keys()
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key

@@ -60,7 +60,8 @@ def cluster_stats(x, indices, codebook_size, *, mask=None, comm=None):
 
     stats = per_set_statistics(c, codebook_size, d, fill)
     comm.allreduce_sum_(stats)
-    return stats[..., d].astype(np.float32), stats[..., :d].astype(np.float32)
+    with np.errstate(over="ignore"):  # overflowing sums become Inf, which ema_update_ refuses
+        return stats[..., d].astype(np.float32), stats[..., :d].astype(np.float32)
 
 
 def per_set_statistics(c, k, d, fill):
@@ -105,18 +106,25 @@ def laplace_smoothing(counts, eps):
 
 
 def ema_update_(cluster_size, embed_avg, embed, counts, sums, *, decay, eps, metric="euclidean"):
-    """One EMA step of the codebook, in place.
+    """One EMA step of the codebook, in place, or a ValueError with nothing written.
 
     ``cluster_size`` and ``embed_avg`` move towards this batch's ``counts`` and
     ``sums`` by ``1 - decay``; ``embed`` becomes ``embed_avg`` over the
-    Laplace-smoothed sizes (unit-normalised for ``metric="cosine"``).
+    Laplace-smoothed sizes (unit-normalised for ``metric="cosine"``). The new
+    state is computed aside and written only when finite: sums of finite but huge
+    vectors overflow float32, and Inf must not reach the codebook.
     """
-    _lerp_(cluster_size, counts, 1.0 - decay)
-    _lerp_(embed_avg, sums, 1.0 - decay)
-    smoothed = laplace_smoothing(cluster_size, eps)
-    normalized = embed_avg / smoothed[..., None]
+    size, average = cluster_size.copy(), embed_avg.copy()
+    _lerp_(size, counts, 1.0 - decay)
+    _lerp_(average, sums, 1.0 - decay)
+    normalized = average / laplace_smoothing(size, eps)[..., None]
     if metric == "cosine":
         normalized = l2_normalize(normalized)
+    if not (np.isfinite(average).all() and np.isfinite(normalized).all()):
+        raise ValueError("the codebook's EMA sums overflow float32 (the vectors are too large); rescale x "
+                         "(the codebook is unchanged).")
+    cluster_size[...] = size
+    embed_avg[...] = average
     embed[...] = normalized
 
 

@@ -25,6 +25,27 @@ __all__ = ["EuclideanCodebook", "CosineSimCodebook"]
 
 _AFFINE_LAZY = ("batch_mean", "batch_variance")
 
+#: Largest magnitude a call that updates the codebook's statistics accepts: the squares in a
+#: variance stay below 2**102 and sums of up to 2**24 rows of them below float32's 2**128.
+STATISTICS_LIMIT = 2.0 ** 50
+
+
+def check_statistics_range(flatten):
+    """Raise unless ``flatten`` is finite and within :data:`STATISTICS_LIMIT`, before any buffer changes.
+
+    The raw input is checked by the layer; this sees the vectors after ``project_in``, where a
+    large weight can overflow, and the range that EMA sums, k-means means and affine variances
+    hold in float32 (beyond it they overflow to Inf, which would be written into the codebook).
+    """
+    low, high = torch.aminmax(flatten.detach())  # one pass; NaN propagates into both
+    peak = max(-float(low), float(high))
+    if peak != peak or peak == float("inf"):
+        raise ValueError("the vectors to quantize contain NaN or Inf after project_in (its weights or x are too "
+                         "large); rescale x or the projection (the codebook is unchanged).")
+    if peak > STATISTICS_LIMIT:
+        raise ValueError(f"the vectors to quantize reach {peak:.3g}, beyond {STATISTICS_LIMIT:.3g} (2**50), where "
+                         "the codebook's float32 sums and variances overflow; rescale x (the codebook is unchanged).")
+
 
 def _kaiming_uniform(*shape):
     t = torch.empty(shape)
@@ -274,6 +295,8 @@ class _Codebook(nn.Module):
                 mask = mask.reshape(c, -1)  # given in x's layout (vqtorch.layout.HeadLayout.mask)
 
             backend = select_backend(self.backend, flatten)
+            if self.training or self.affine_param or not self.initted.item():  # the call will update state
+                check_statistics_range(flatten)
             self._init_embed(flatten, mask, backend)
             if self.affine_param:
                 self._update_affine(flatten, mask, backend)
