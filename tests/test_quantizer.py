@@ -309,22 +309,30 @@ def test_property_layouts(heads, separate, cosine, two_d, b, n, dtype):
     np.testing.assert_allclose(vectors, q.decode(idx2), rtol=1e-6)
 
 
-@pytest.mark.parametrize("options", [{}, {"kmeans_init": True}], ids=["ema", "kmeans"])
-def test_ema_sums_that_overflow_float32_are_refused_with_the_codebook_unchanged(options):
+@pytest.mark.parametrize("options,first", [({}, True), ({"kmeans_init": True}, True), ({"kmeans_init": True}, False),
+                                           ({"affine_param": True}, True)],
+                         ids=["ema", "kmeans", "kmeans-on-the-refused-batch", "affine-then-ema"])
+def test_a_batch_that_overflows_float32_is_refused_with_the_quantizer_unchanged(options, first):
+    """Finite vectors near float32's limit: their per-code sums overflow. Before, Inf went into
+    embed_avg and embed (k-means init included, which then marked the codebook initialised); now a
+    ValueError, and every array and the random generator as they were. With affine statistics,
+    equal huge rows pass the variance check and overflow the EMA afterwards: the accepted
+    statistics are undone too."""
     from vqcore import VectorQuantizer
 
-    """Finite vectors near float32's limit: their per-code sums overflow. Before, Inf went into
-    embed_avg and embed; now a ValueError, and every array as it was. (Cosine codebooks sum unit
-    vectors, which cannot overflow.)"""
     rng = np.random.default_rng(0)
     quantizer = VectorQuantizer(dim=8, codebook_size=16, seed=0, **options)
-    quantizer.partial_fit(rng.standard_normal((64, 8)).astype(np.float32))
+    if first:
+        quantizer.partial_fit(rng.standard_normal((64, 8)).astype(np.float32))
     before = {key: np.array(value, copy=True) for key, value in quantizer.state_dict().items()
               if isinstance(value, np.ndarray)}
     x = rng.standard_normal((64, 8)).astype(np.float32)
     x[:10] = 3e38
-    with pytest.raises(ValueError, match="EMA sums overflow float32"):
+    if options.get("affine_param"):
+        x[:] = 1e37  # no variance to overflow; 64 of them in one code overflow the EMA sum
+    with pytest.raises(ValueError, match="EMA sums overflow|k-means on this batch overflows"):
         quantizer.partial_fit(x)
     after = quantizer.state_dict()
     for key, value in before.items():
         assert np.array_equal(after[key], value), key
+    quantizer.partial_fit(rng.standard_normal((64, 8)).astype(np.float32))  # still usable

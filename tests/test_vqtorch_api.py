@@ -237,34 +237,80 @@ def test_finite_check_is_exact_when_the_sum_overflows(dtype):
         assert not all_finite(torch.where(torch.arange(64) == 5, torch.tensor(bad, dtype=dtype), torch.zeros((), dtype=dtype)))
 
 
-@pytest.mark.parametrize("backend", ["vqcore", "torch"])
-@pytest.mark.parametrize("kwargs", [dict(affine_param=True), dict(kmeans_init=True),
-                                    dict(stochastic_sample_codes=True, sample_codebook_temp=1.0)],
-                         ids=["affine", "kmeans", "stochastic"])
-@pytest.mark.parametrize("case", ["projection-overflow", "beyond-statistics-range"])
-def test_values_that_would_overflow_the_statistics_are_refused_before_any_state_changes(backend, kwargs, case):
-    """A finite x that project_in turns into Inf, or into values whose float32 EMA sums and
-    variances overflow: a ValueError, and every buffer as it was (the affine statistics, the
-    k-means init and the EMA included). Without the check, Inf was written into the codebook."""
-    from vqtorch import VectorQuantize
+def _state(module):
+    return {key: value.clone() for key, value in module.state_dict().items()}
 
-    torch.manual_seed(0)
-    layer = VectorQuantize(dim=8, codebook_size=16, codebook_dim=4, backend=backend, **kwargs).train()
-    layer(torch.randn(2, 32, 8))  # a normal step first: initialised state to protect
-    before = {key: value.clone() for key, value in layer.state_dict().items()}
-    x = torch.randn(2, 32, 8)
-    if case == "projection-overflow":
-        x[1, 3] = 3e38
-        with torch.no_grad():
-            layer.project_in.weight.fill_(1.0)  # 8 * 3e38 overflows
-        before["project_in.weight"] = layer.project_in.weight.clone()
-        match = "contain NaN or Inf after project_in"
-    else:
-        x[1, :10] = 1e17  # finite after projection, but its squares overflow float32
-        match = "beyond 1.13e"
-    with pytest.raises(ValueError, match=match):
-        layer(x)
-    after = layer.state_dict()
+
+def _assert_state_is(module, before):
+    after = module.state_dict()
     assert after.keys() == before.keys()
     for key, value in before.items():
         assert torch.equal(after[key], value), key
+
+
+UPDATING = [dict(), dict(affine_param=True), dict(kmeans_init=True),
+            dict(stochastic_sample_codes=True, sample_codebook_temp=1.0)]
+UPDATING_IDS = ["ema", "affine", "kmeans", "stochastic"]
+
+
+@pytest.mark.parametrize("backend", ["vqcore", "torch"])
+@pytest.mark.parametrize("kwargs", UPDATING, ids=UPDATING_IDS)
+@pytest.mark.parametrize("case", ["projection-overflow", "statistics-overflow"])
+def test_a_batch_that_would_write_inf_is_refused_with_the_state_unchanged(backend, kwargs, case):
+    """Finite x that project_in turns into Inf, or whose float32 EMA sums / affine variances
+    overflow: a ValueError, and every buffer as it was. Before, the affine statistics changed
+    before the search refused, and the EMA wrote Inf into embed and embed_avg."""
+    from vqtorch import VectorQuantize
+
+    torch.manual_seed(0)
+    projected = case == "projection-overflow"
+    layer = VectorQuantize(dim=8, codebook_size=16, codebook_dim=4 if projected else None, backend=backend,
+                           **kwargs).train()
+    layer(torch.randn(2, 32, 8))  # a normal step first: initialised state to protect
+    x = torch.randn(2, 32, 8)
+    if projected:
+        with torch.no_grad():
+            layer.project_in.weight.fill_(1.0)  # 8 * 3e38 overflows
+        x[1, 3] = 3e38
+        match = "project_in turned x into NaN or Inf"
+    else:
+        x[1, :10] = 3e38  # finite; ten of them in one code overflow a float32 sum
+        match = "overflow"
+    before = _state(layer)
+    with pytest.raises(ValueError, match=match):
+        layer(x)
+    _assert_state_is(layer, before)
+
+
+@pytest.mark.parametrize("backend", ["vqcore", "torch"])
+@pytest.mark.parametrize("kwargs", UPDATING, ids=UPDATING_IDS)
+def test_large_finite_values_that_overflow_nothing_still_train(backend, kwargs):
+    """Values near 1e17 (squares 1e34, sums of 64 rows far below 3.4e38) train as in the seed; so do
+    values near 3e38 when nothing is summed (frozen codebook, no affine statistics)."""
+    from vqtorch import VectorQuantize
+
+    torch.manual_seed(0)
+    layer = VectorQuantize(dim=8, codebook_size=16, backend=backend, **kwargs).train()
+    layer(torch.randn(2, 32, 8) * 1e17)
+    assert all(torch.isfinite(value).all() for value in layer.state_dict().values() if value.is_floating_point())
+    if not kwargs.get("affine_param"):
+        before = _state(layer)
+        out, _, _ = layer(torch.randn(2, 32, 8) * (3e38 / 8), freeze_codebook=True)
+        assert torch.isfinite(out).all()
+        _assert_state_is(layer, before)
+
+
+@pytest.mark.parametrize("backend", ["vqcore", "torch"])
+def test_a_stack_whose_later_codebook_refuses_undoes_the_earlier_ones(backend):
+    """Group 1 trains, then group 2's batch overflows: group 1's update is undone too."""
+    from vqtorch import GroupedResidualVQ
+
+    torch.manual_seed(0)
+    stack = GroupedResidualVQ(dim=16, groups=2, num_quantizers=2, codebook_size=16, backend=backend).train()
+    stack(torch.randn(2, 32, 16))
+    before = _state(stack)
+    x = torch.randn(2, 32, 16)
+    x[1, :10, 8:] = 3e38  # only the second group's features
+    with pytest.raises(ValueError, match="overflow"):
+        stack(x)
+    _assert_state_is(stack, before)

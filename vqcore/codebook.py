@@ -14,6 +14,8 @@ its own (a residual stack or a shared codebook calls them separately):
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 
 from . import _validate, ema
@@ -138,8 +140,13 @@ class _EMACodebook:
         means, counts = kmeans(data, self.codebook_size, iters=self.kmeans_iters, metric=self.metric,
                                init=init, seed=self.rng, comm=comm)
         counts = counts.astype(np.float32)
+        with np.errstate(over="ignore"):
+            average = means * counts[..., None]
+        if not (np.isfinite(means).all() and np.isfinite(average).all()):  # before anything is written
+            raise ValueError(f"k-means on this batch overflows float32 (values up to {np.abs(data).max():.3g} in "
+                             "magnitude); rescale x (the codebook is unchanged).")
         self.embed[...] = means
-        self.embed_avg[...] = means * counts[..., None]
+        self.embed_avg[...] = average
         self.cluster_size[...] = counts
         self.initted[...] = 1.0
 
@@ -214,15 +221,36 @@ class _EMACodebook:
         quantize : ndarray of shape (n_codebooks, n, d), or None
         indices : ndarray of int64, shape (n_codebooks, n)
         """
-        self.init_embed_(x, mask)  # the seed initialises on whatever batch comes first, eval too
-        self.update_statistics_(x, mask, training=training)
-        codebook = self.search_codebook()
-        indices = self.assign(x, codebook, training=training, sample_codebook_temp=sample_codebook_temp)
-        quantize = gather(codebook, indices) if return_quantize else None
-        if training and self.ema_update and not freeze_codebook:
-            self.apply_ema(*self.cluster_stats(x, indices, mask))
-            self.expire_codes(x)
+        with self._unchanged_on_error():
+            self.init_embed_(x, mask)  # the seed initialises on whatever batch comes first, eval too
+            self.update_statistics_(x, mask, training=training)
+            codebook = self.search_codebook()
+            indices = self.assign(x, codebook, training=training, sample_codebook_temp=sample_codebook_temp)
+            quantize = gather(codebook, indices) if return_quantize else None
+            if training and self.ema_update and not freeze_codebook:
+                self.apply_ema(*self.cluster_stats(x, indices, mask))
+                self.expire_codes(x)
         return quantize, indices
+
+    @contextmanager
+    def _unchanged_on_error(self):
+        """Run a step that may update the state; if it raises, put back every state array and the generator.
+
+        The steps check what they write, but a later one can fail after an earlier one wrote
+        (affine statistics accepted, then the EMA sums overflow): the step is all or nothing.
+        """
+        saved = {key: (value, None if value is None else value.copy())
+                 for key in self.state_shapes() for value in [getattr(self, key, None)]}
+        generator = self.rng.bit_generator.state
+        try:
+            yield
+        except BaseException:
+            for key, (value, copy) in saved.items():
+                if value is not None:
+                    value[...] = copy
+                setattr(self, key, value)
+            self.rng.bit_generator.state = generator
+            raise
 
     __call__ = forward
 

@@ -121,8 +121,8 @@ def ema_update_(cluster_size, embed_avg, embed, counts, sums, *, decay, eps, met
     if metric == "cosine":
         normalized = l2_normalize(normalized)
     if not (np.isfinite(average).all() and np.isfinite(normalized).all()):
-        raise ValueError("the codebook's EMA sums overflow float32 (the vectors are too large); rescale x "
-                         "(the codebook is unchanged).")
+        raise ValueError("the codebook's EMA sums overflow float32 (per-code sums of this batch pass 3.4e38: its "
+                         "vectors are too large); rescale x (the codebook is unchanged).")
     cluster_size[...] = size
     embed_avg[...] = average
     embed[...] = normalized
@@ -202,7 +202,8 @@ def batch_stats(data, mask=None, *, comm=None):
             return None
         mean = data64.mean(axis=1, keepdims=True)
         var = ((data64 - mean) ** 2).mean(axis=1, keepdims=True)
-        return mean.astype(np.float32), var.astype(np.float32)
+        with np.errstate(over="ignore"):  # an overflowing variance becomes Inf, which the callers refuse
+            return mean.astype(np.float32), var.astype(np.float32)
     head = np.array([float(data.shape[1])])
     totals = np.concatenate([head, data64.sum(axis=1).ravel()])
     comm.allreduce_sum_(totals)
@@ -212,7 +213,8 @@ def batch_stats(data, mask=None, *, comm=None):
     mean = totals[1:].reshape(data.shape[0], 1, data.shape[2]) / count
     numer = ((data64 - mean) ** 2).sum(axis=1, keepdims=True)
     comm.allreduce_sum_(numer)
-    return mean.astype(np.float32), (numer / count).astype(np.float32)
+    with np.errstate(over="ignore"):
+        return mean.astype(np.float32), (numer / count).astype(np.float32)
 
 
 def decay_update(old, new, decay):
@@ -237,4 +239,5 @@ def affine_embed(embed, codebook_mean, codebook_variance, batch_mean, batch_vari
 def affine_to_codebook(x, codebook_mean, codebook_variance, batch_mean, batch_variance):
     """The inverse map: batch vectors moved onto the codebook statistics before the EMA update."""
     codebook_std, batch_std = _stds(codebook_variance, batch_variance)
-    return (x - batch_mean) * (codebook_std / batch_std) + codebook_mean
+    with np.errstate(over="ignore"):  # an overflow reaches the EMA sums as Inf, which ema_update_ refuses
+        return (x - batch_mean) * (codebook_std / batch_std) + codebook_mean

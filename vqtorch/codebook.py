@@ -18,34 +18,16 @@ from torch import nn
 from .amp import no_cuda_autocast
 from .backends import select_backend
 from .distributed import TorchDistComm
+from .finite import first_not_finite
 from .gumbel import gumbel_select
 from .sampling import sample_vectors_distributed
+from .transaction import state_transaction
 
 __all__ = ["EuclideanCodebook", "CosineSimCodebook"]
 
 _AFFINE_LAZY = ("batch_mean", "batch_variance")
-
-#: Largest magnitude a call that updates the codebook's statistics accepts: the squares in a
-#: variance stay below 2**102 and sums of up to 2**24 rows of them below float32's 2**128.
-STATISTICS_LIMIT = 2.0 ** 50
-
-
-def check_statistics_range(flatten):
-    """Raise unless ``flatten`` is finite and within :data:`STATISTICS_LIMIT`, before any buffer changes.
-
-    The raw input is checked by the layer; this sees the vectors after ``project_in``, where a
-    large weight can overflow, and the range that EMA sums, k-means means and affine variances
-    hold in float32 (beyond it they overflow to Inf, which would be written into the codebook).
-    """
-    low, high = torch.aminmax(flatten.detach())  # one pass; NaN propagates into both
-    peak = max(-float(low), float(high))
-    if peak != peak or peak == float("inf"):
-        raise ValueError("the vectors to quantize contain NaN or Inf after project_in (its weights or x are too "
-                         "large); rescale x or the projection (the codebook is unchanged).")
-    if peak > STATISTICS_LIMIT:
-        raise ValueError(f"the vectors to quantize reach {peak:.3g}, beyond {STATISTICS_LIMIT:.3g} (2**50), where "
-                         "the codebook's float32 sums and variances overflow; rescale x (the codebook is unchanged).")
-
+CODEBOOK_STATE = ("embed", "embed_avg", "cluster_size")
+AFFINE_STATISTICS = ("batch_mean", "batch_variance", "codebook_mean", "codebook_variance")
 
 def _kaiming_uniform(*shape):
     t = torch.empty(shape)
@@ -294,35 +276,12 @@ class _Codebook(nn.Module):
             if mask is not None:
                 mask = mask.reshape(c, -1)  # given in x's layout (vqtorch.layout.HeadLayout.mask)
 
-            backend = select_backend(self.backend, flatten)
-            if self.training or self.affine_param or not self.initted.item():  # the call will update state
-                check_statistics_range(flatten)
-            self._init_embed(flatten, mask, backend)
-            if self.affine_param:
-                self._update_affine(flatten, mask, backend)
-
-            embed = self.embed if self.learnable_codebook else self.embed.detach()
-            if self.affine_param:
-                codebook_std, batch_std = self._affine_stds()
-                embed = (embed - self.codebook_mean) * (batch_std / codebook_std) + self.batch_mean
-
-            gumbel_active = self.training and temp > 0 and (self.stochastic or self.straight_through)
-            soft = distances = None
-            if need_distances or gumbel_active:
-                distances = self._distances(flatten, embed)
-                indices, soft = gumbel_select(distances, temperature=temp, stochastic=self.stochastic,
-                                              straight_through=self.straight_through, reinmax=self.reinmax,
-                                              training=self.training)
-            else:
-                indices = backend.nearest(flatten.detach(), embed.detach(), metric=self.metric)
-
-            quantize = gather_codes(embed, indices)
-            if soft is not None:
-                quantize = quantize + torch.bmm(soft, embed)
-
-            if self.training and self.ema_update and not freeze_codebook:
-                self._ema_step(flatten.detach(), indices, mask, backend)
-
+            # training, affine batch statistics (eval too) and the first batch's init update state
+            updates = self.training or self.affine_param or not self.initted.item()
+            with state_transaction(self, active=updates):
+                quantize, indices, distances = self._step(flatten, mask, temp, freeze_codebook, need_distances)
+                if updates:
+                    self._check_state(flatten, CODEBOOK_STATE)
             quantize = quantize.view(c, b, n, d)
             indices = indices.view(c, b, n)
             if distances is not None:
@@ -330,6 +289,49 @@ class _Codebook(nn.Module):
             if squeeze:
                 quantize, indices = quantize[0], indices[0]
             return quantize, indices, distances
+
+    def _step(self, flatten, mask, temp, freeze_codebook, need_distances):
+        """Init, statistics, search and EMA on ``flatten`` (c, m, d): ``(quantize, indices, distances)``, flat."""
+        backend = select_backend(self.backend, flatten)
+        self._init_embed(flatten, mask, backend)
+        if self.affine_param:
+            self._update_affine(flatten, mask, backend)
+            self._check_state(flatten, AFFINE_STATISTICS)  # before the search sees them
+
+        embed = self.embed if self.learnable_codebook else self.embed.detach()
+        if self.affine_param:
+            codebook_std, batch_std = self._affine_stds()
+            embed = (embed - self.codebook_mean) * (batch_std / codebook_std) + self.batch_mean
+
+        gumbel_active = self.training and temp > 0 and (self.stochastic or self.straight_through)
+        soft = distances = None
+        if need_distances or gumbel_active:
+            distances = self._distances(flatten, embed)
+            indices, soft = gumbel_select(distances, temperature=temp, stochastic=self.stochastic,
+                                          straight_through=self.straight_through, reinmax=self.reinmax,
+                                          training=self.training)
+        else:
+            indices = backend.nearest(flatten.detach(), embed.detach(), metric=self.metric)
+
+        quantize = gather_codes(embed, indices)
+        if soft is not None:
+            quantize = quantize + torch.bmm(soft, embed)
+
+        if self.training and self.ema_update and not freeze_codebook:
+            self._ema_step(flatten.detach(), indices, mask, backend)
+        return quantize, indices, distances
+
+    def _check_state(self, flatten, names=CODEBOOK_STATE + AFFINE_STATISTICS):
+        """Raise (inside the transaction, which then undoes the step) if the step left NaN or Inf in ``names``.
+
+        Finite vectors still overflow float32 in the statistics: EMA sums near 3.4e38, affine
+        variances of values near 1.8e19, k-means sums; the seed writes that Inf into the codebook.
+        """
+        broken = first_not_finite((name, getattr(self, name, None)) for name in names)
+        if broken is not None:
+            peak = float(flatten.detach().abs().max())
+            raise ValueError(f"this batch (values up to {peak:.3g} in magnitude) overflows the codebook's float32 "
+                             f"{broken}; rescale x (the codebook is unchanged).")
 
     @torch.no_grad()
     def _ema_step(self, flatten, indices, mask, backend):

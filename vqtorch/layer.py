@@ -8,23 +8,11 @@ from torch import nn
 from .codebook import CosineSimCodebook, EuclideanCodebook
 from .config import VQConfig
 from .distributed import TorchDistComm, default_comm
+from .finite import all_finite
 from .layout import HeadLayout
 from .losses import masked_mse, orthogonal_loss
 
 __all__ = ["VectorQuantize"]
-
-
-def all_finite(x):
-    """True when ``x`` holds no NaN or Inf.
-
-    A sum is NaN or Inf whenever an element is, and costs a fortieth of
-    ``isfinite(x).all()`` here (no boolean tensor); only a sum that overflows
-    from finite values needs the element-wise check.
-    """
-    x = x.detach()
-    if torch.isfinite(x.sum(dtype=torch.promote_types(x.dtype, torch.float32))):
-        return True
-    return bool(torch.isfinite(x).all())
 
 
 class VectorQuantize(nn.Module):
@@ -229,6 +217,9 @@ class VectorQuantize(nn.Module):
         tokens, layout = self._to_tokens(x)
         b = tokens.shape[0]
         z = self._codebook.transform_input(self.layout.split(self.project_in(tokens)))
+        if self.has_projections and not all_finite(z):  # before the codebook's statistics see them
+            raise ValueError("project_in turned x into NaN or Inf (its weights or x are too large); rescale x or "
+                             "the projection (the codebook is unchanged).")
         z_mask = None if mask is None else self.layout.mask(mask)
         quantize, codes, distances, commit_quantize = self._quantize(
             z, z_mask, need_distances=indices is not None, sample_codebook_temp=sample_codebook_temp,

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layer import VectorQuantize
+from .transaction import may_update_codebooks, state_transaction
 
 __all__ = ["ResidualVQ", "GroupedResidualVQ", "ResidualBase", "GroupedBase", "dropout_last_stage",
            "residual_loop", "check_dropout_options", "check_int", "export_to_vqcore"]
@@ -374,7 +375,8 @@ class ResidualVQ(ResidualBase):
         layer_kwargs = dict(mask=mask, sample_codebook_temp=sample_codebook_temp, freeze_codebook=freeze_codebook)
         stages = [partial(layer, indices=indices[..., q] if return_loss else None, **layer_kwargs)
                   for q, layer in enumerate(self.layers)]
-        quantized, extras = residual_loop(x, stages, last)
+        with state_transaction(self, active=may_update_codebooks(self)):  # stage 2 refused: stage 1 undone
+            quantized, extras = residual_loop(x, stages, last)
         quantized = quantized.to(dtype)
         if return_loss:
             return self.project_out(quantized), sum(ce for ce, in extras)
@@ -449,11 +451,12 @@ class GroupedBase(nn.Module):
             rvq._check_forward(chunk, ind)
         kwargs = dict(kwargs, return_all_codes=return_all_codes,
                       rand_quantize_dropout_fixed_seed=random.randint(0, _GROUP_SEED_HIGH))
-        if return_loss:
-            outs = [rvq(chunk, indices=ind, **kwargs) for rvq, chunk, ind in zip(self.rvqs, chunks, indices)]
-            quantized, losses = zip(*outs)
-            return torch.cat(quantized, dim=self.split_dim), sum(losses)
-        outs = list(zip(*[rvq(chunk, **kwargs) for rvq, chunk in zip(self.rvqs, chunks)]))
+        with state_transaction(self, active=may_update_codebooks(self)):  # group 2 refused: group 1 undone
+            if return_loss:
+                outs = [rvq(chunk, indices=ind, **kwargs) for rvq, chunk, ind in zip(self.rvqs, chunks, indices)]
+                quantized, losses = zip(*outs)
+                return torch.cat(quantized, dim=self.split_dim), sum(losses)
+            outs = list(zip(*[rvq(chunk, **kwargs) for rvq, chunk in zip(self.rvqs, chunks)]))
         stacked = outs[1:-1] if return_all_codes else outs[1:]
         extra = (outs[-1],) if return_all_codes else ()
         return (torch.cat(outs[0], dim=self.split_dim), *[torch.stack(o) for o in stacked], *extra)

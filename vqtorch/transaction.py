@@ -1,0 +1,73 @@
+"""All-or-nothing forwards: a forward that raises leaves every parameter and buffer as it found them.
+
+A training forward updates state in several steps (k-means init, affine statistics, the EMA,
+dead-code expiry) and, in a residual or grouped stack, in several codebooks one after another;
+a step that refuses its batch (an overflow, a non-finite projection) may come after others
+already wrote. The outermost transactional forward snapshots the module's tensors and, on an
+exception, puts them back, so "the codebook is unchanged" holds for the whole call.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+
+import torch
+
+_OPEN = contextvars.ContextVar("vqtorch_state_transaction_open", default=False)
+
+
+@contextlib.contextmanager
+def state_transaction(module, active=True):
+    """Run a forward of ``module`` that may update its state; undo every change if it raises.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+    active : bool
+        Whether this call can change state at all (training, or statistics that update in
+        evaluation too); False skips the snapshot. Inside an open transaction (a stack's
+        stage) nothing more is taken: the outer one covers it.
+    """
+    if not active or _OPEN.get():
+        yield
+        return
+    saved = _snapshot(module)
+    token = _OPEN.set(True)
+    try:
+        yield
+    except BaseException:
+        _restore(saved)
+        raise
+    finally:
+        _OPEN.reset(token)
+
+
+def may_update_codebooks(module):
+    """Whether a forward of ``module`` can change codebook state: it holds codebooks and is training, or
+    keeps affine statistics (which update in evaluation too)."""
+    from .codebook import _Codebook  # the codebooks use this module: import at call time
+
+    codebooks = [m for m in module.modules() if isinstance(m, _Codebook)]
+    return bool(codebooks) and (module.training or any(codebook.affine_param for codebook in codebooks))
+
+
+def _snapshot(module):
+    """(owner dict, name, tensor object, clone) for every parameter and buffer slot, shared ones once."""
+    saved, seen = [], set()
+    for owner in module.modules():
+        if id(owner) in seen:
+            continue
+        seen.add(id(owner))
+        for slots in (owner._parameters, owner._buffers):
+            for name, tensor in slots.items():
+                saved.append((slots, name, tensor, None if tensor is None else tensor.detach().clone()))
+    return saved
+
+
+@torch.no_grad()
+def _restore(saved):
+    """Put every slot back to its tensor object, holding its values from the snapshot."""
+    for slots, name, tensor, values in saved:
+        if tensor is not None:
+            tensor.copy_(values)  # into the same memory: views and optimizers keep seeing it
+        slots[name] = tensor
