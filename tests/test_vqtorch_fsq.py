@@ -242,6 +242,26 @@ def test_gradient_under_create_graph_is_the_plain_one():
     assert torch.equal(plain, graphed.detach())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_second_derivative_matches_seed(dtype):
+    """A gradient penalty differentiates the gradient again: it reaches z through the bound's tanh,
+    as in the seed (the backward recomputes t from z instead of using the forward's constant)."""
+    theirs, ours = build_pair(seed_fsq.FSQ, FSQ, levels=[8, 5, 5, 5])
+    results = []
+    for layer in (theirs, ours):
+        z = torch.randn(2, 300, 4, dtype=dtype, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        out, _ = layer(z)
+        (grad,) = torch.autograd.grad((out ** 2).sum(), z, create_graph=True)
+        (second,) = torch.autograd.grad((grad * torch.linspace(-1, 1, grad.numel(), dtype=dtype).view_as(grad)).sum(), z)
+        results.append((grad.detach(), second))
+    assert torch.equal(results[0][0], results[1][0])
+    assert results[1][1].abs().sum() > 0
+    # the same terms, multiplied and summed in another order than the seed's graph: equal to rounding
+    # (absolute: some elements cancel to near 0; the values are of order 1)
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-14
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=tolerance, atol=tolerance)
+
+
 @pytest.mark.parametrize("kwargs,shape", [CASES[0], CASES[4], CASES[5]], ids=["plain", "image", "video-projections"])
 def test_torch_path_matches_seed(kwargs, shape, monkeypatch):
     """The all-torch bound/round (CUDA, bfloat16), forced on CPU here: the seed's numbers too."""

@@ -162,14 +162,14 @@ class _BoundRound(torch.autograd.Function):
             codes = torch.mul(t, half_l).sub_(offset).round_()
             indices = constants.indices(codes.view(-1, d))
             codes.div_(half_width)
-        ctx.save_for_backward(t, half_l, half_width)
+        ctx.save_for_backward(t, half_l, half_width, z)
         ctx.z_shape, ctx.z_dtype, ctx.constants, ctx.tiles = z.shape, z.dtype, constants, tiles
         ctx.mark_non_differentiable(indices)
         return codes.view(z.shape), indices.view(*z.shape[:-1], z.shape[-1] // d)
 
     @staticmethod
     def backward(ctx, grad_codes, grad_indices):
-        t, half_l, half_width = ctx.saved_tensors
+        t, half_l, half_width, z = ctx.saved_tensors
         grad_codes = grad_codes.reshape(t.shape)
         fused = tanh_backward_fuses(t.dtype) if _on_numpy(t) and grad_codes.dtype == t.dtype else None
         if fused is not None and not torch.is_grad_enabled():
@@ -178,6 +178,9 @@ class _BoundRound(torch.autograd.Function):
             grad = torch.empty_like(t)
             fsq_bound_grad(_rows_of(grad_codes).numpy(), t.numpy(), half_l, half_width, fused, grad.numpy())
         else:  # torch ops out of place, which a backward with create_graph records
+            if torch.is_grad_enabled() and z.requires_grad:
+                # t again from z (the same ops, the same bits), so second derivatives reach z through it
+                t = torch.add(z.reshape(t.shape), ctx.constants.on(z.device, ctx.tiles)[0]).tanh()
             grad = _recorded_bound_backward(grad_codes, t, half_l, half_width)
         grad = grad.view(ctx.z_shape)
         return grad if grad.dtype == ctx.z_dtype else grad.to(ctx.z_dtype), None
@@ -195,27 +198,39 @@ def tanh_backward_fuses(dtype):
     """How torch's CPU ``tanh_backward`` computes ``g * (1 - t * t)`` in ``dtype`` on this machine.
 
     True: ``1 - t * t`` as one fused multiply-add (torch's AVX2 kernels, as compiled, do);
-    False: rounded after the product; None: neither (then the caller keeps torch's op). Asked
-    once per dtype by comparing torch with :func:`fsq_bound_grad` on values that tell the two
-    forms apart, in vector-width bodies and scalar tails alike.
+    False: rounded after the product; None: neither, or not the same way at every position
+    (then the caller keeps torch's op). Asked once per dtype on values where the two forms
+    differ, at every length from 1 to 17 (scalar tails and partial vectors) and at 1,027.
     """
     if dtype not in _TANH_BACKWARD_FUSES:
-        numpy_dtype = _NUMPY_DTYPES.get(dtype)
-        answer = None
-        if numpy_dtype is not None:
-            rng = np.random.default_rng(0)
-            grad = rng.standard_normal((1, 1027)).astype(numpy_dtype)
-            t = np.tanh(rng.standard_normal((1, 1027))).astype(numpy_dtype)
-            ones = np.ones(t.shape[1], dtype=numpy_dtype)
-            expected = torch.ops.aten.tanh_backward(torch.from_numpy(grad), torch.from_numpy(t)).numpy()
-            for fused in (True, False):
-                got = np.empty_like(t)
-                fsq_bound_grad(grad, t, ones, ones, fused, got)
-                if np.array_equal(got, expected):
-                    answer = fused
-                    break
-        _TANH_BACKWARD_FUSES[dtype] = answer
+        _TANH_BACKWARD_FUSES[dtype] = _probe_tanh_backward(_NUMPY_DTYPES[dtype]) if dtype in _NUMPY_DTYPES else None
     return _TANH_BACKWARD_FUSES[dtype]
+
+
+def _probe_tanh_backward(numpy_dtype):
+    """:func:`tanh_backward_fuses` for one numpy dtype."""
+    rng = np.random.default_rng(0)
+    grad = rng.standard_normal((1, 8192)).astype(numpy_dtype)
+    t = np.tanh(rng.standard_normal((1, 8192))).astype(numpy_dtype)
+    ones = np.ones(t.shape[1], dtype=numpy_dtype)
+    forms = {fused: np.empty_like(t) for fused in (True, False)}
+    for fused, out in forms.items():
+        fsq_bound_grad(grad, t, ones, ones, fused, out)
+    telling = forms[True][0] != forms[False][0]  # values on which the two forms round apart
+    grad, t = grad[0, telling], t[0, telling]
+    answers = set()
+    for length in [*range(1, 18), 1027]:
+        picks = np.arange(length) % len(t)
+        expected = torch.ops.aten.tanh_backward(torch.from_numpy(grad[picks]), torch.from_numpy(t[picks])).numpy()
+        for fused in (True, False):
+            got = np.empty((1, length), dtype=numpy_dtype)
+            fsq_bound_grad(grad[None, picks], t[None, picks], ones[:length], ones[:length], fused, got)
+            if np.array_equal(got[0], expected):
+                answers.add(fused)
+                break
+        else:
+            return None
+    return answers.pop() if len(answers) == 1 else None
 
 
 def _rows_of(grad):
