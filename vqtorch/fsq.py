@@ -153,36 +153,38 @@ class _BoundRound(torch.autograd.Function):
         # Rows of up to MAX_TILES codes with constants repeated to match: elementwise ops then run
         # contiguous and vectorised instead of broadcasting a (d,) vector over rows of d values.
         tiles = math.gcd(z.numel() // d, MAX_TILES)
-        rows = z.reshape(-1, tiles * d)
-        shift, half_l, offset, half_width = constants.on(z.device, tiles)
-        if _on_numpy(rows):
-            t, codes, indices = _bound_round_numpy(rows.detach().numpy(), constants, tiles)
+        index_shape = (*z.shape[:-1], z.shape[-1] // d)
+        if _on_numpy(z):
+            t, codes, indices = _bound_round_numpy(z.detach().numpy(), constants, tiles, index_shape)
         else:
-            t = torch.add(rows, shift).tanh_()  # promotes to float32 at least, like the seed's bound
+            shift, half_l, offset, half_width = constants.on(z.device, tiles)
+            t = torch.add(z.reshape(-1, tiles * d), shift).tanh_()  # float32 at least, like the seed's bound
             codes = torch.mul(t, half_l).sub_(offset).round_()
-            indices = constants.indices(codes.view(-1, d))
-            codes.div_(half_width)
-        ctx.save_for_backward(t, half_l, half_width, z)
+            indices = constants.indices(codes.view(-1, d)).view(index_shape)
+            codes = codes.div_(half_width).view(z.shape)
+        ctx.save_for_backward(t, z)
         ctx.z_shape, ctx.z_dtype, ctx.constants, ctx.tiles = z.shape, z.dtype, constants, tiles
         ctx.mark_non_differentiable(indices)
-        return codes.view(z.shape), indices.view(*z.shape[:-1], z.shape[-1] // d)
+        return codes, indices
 
     @staticmethod
     def backward(ctx, grad_codes, grad_indices):
-        t, half_l, half_width, z = ctx.saved_tensors
-        grad_codes = grad_codes.reshape(t.shape)
-        fused = tanh_backward_fuses(t.dtype) if _on_numpy(t) and grad_codes.dtype == t.dtype else None
+        t, z = ctx.saved_tensors
+        fused = tanh_backward_fuses(t.dtype) if t.device.type == "cpu" and grad_codes.dtype == t.dtype else None
         if fused is not None and not torch.is_grad_enabled():
             # the seed's chain, bit for bit, in one compiled pass (see vqcore.kernels.fsq_bound)
-            _, half_l, _, half_width, _ = ctx.constants.fused(ctx.tiles, _NUMPY_DTYPES[t.dtype])
-            grad = torch.empty_like(t)
-            fsq_bound_grad(_rows_of(grad_codes).numpy(), t.numpy(), half_l, half_width, fused, grad.numpy())
+            dtype = _NUMPY_DTYPES[t.dtype]
+            _, half_l, _, half_width, _ = ctx.constants.fused(ctx.tiles, dtype)
+            grad = np.empty(ctx.z_shape, dtype=dtype)
+            fsq_bound_grad(_numpy_rows(grad_codes, t.shape), t.numpy(), half_l, half_width, fused,
+                           grad.reshape(t.shape))
+            grad = torch.from_numpy(grad)
         else:  # torch ops out of place, which a backward with create_graph records
             if torch.is_grad_enabled() and z.requires_grad:
                 # t again from z (the same ops, the same bits), so second derivatives reach z through it
                 t = torch.add(z.reshape(t.shape), ctx.constants.on(z.device, ctx.tiles)[0]).tanh()
-            grad = _recorded_bound_backward(grad_codes, t, half_l, half_width)
-        grad = grad.view(ctx.z_shape)
+            half_l, half_width = ctx.constants.on(t.device, ctx.tiles)[1::2]
+            grad = _recorded_bound_backward(grad_codes.reshape(t.shape), t, half_l, half_width).view(ctx.z_shape)
         return grad if grad.dtype == ctx.z_dtype else grad.to(ctx.z_dtype), None
 
 
@@ -233,11 +235,13 @@ def _probe_tanh_backward(numpy_dtype):
     return answers.pop() if len(answers) == 1 else None
 
 
-def _rows_of(grad):
-    """A 2-d gradient as the compiled kernels take it: contiguous, or its one row when every row is that row."""
-    if grad.stride(0) == 0:  # broadcast from a sum: pass the row, not m copies of it
-        grad = grad[:1]
-    return grad.contiguous()
+def _numpy_rows(grad, shape):
+    """A gradient as the compiled kernels take it: the (m, W) numpy array of ``shape``, contiguous,
+    or its one row (1, W) when every row is that row (a gradient broadcast from a sum)."""
+    rows = grad.detach().numpy().reshape(shape)  # numpy views where torch would dispatch ops
+    if rows.strides[0] == 0:
+        rows = rows[:1]
+    return np.ascontiguousarray(rows)
 
 
 class _ProjectedBoundRound(torch.autograd.Function):
@@ -262,8 +266,7 @@ class _ProjectedBoundRound(torch.autograd.Function):
         w_out_t = w_out.detach().t().contiguous()
         threads = num_threads()
         fsq_project_in(x.detach().numpy(), w_in.detach().numpy(), b_in.detach().numpy(), shift, threads, t.numpy())
-        for part in on_this_thread(t.view(-1)):
-            part.tanh_()
+        t.tanh_()
         fsq_project_out(t.numpy(), w_out_t.numpy(), b_out.detach().numpy(), half_l, offset, half_width, radix,
                         int(constants.index_base), threads, codes.numpy(), out.numpy(), indices.numpy())
         ctx.save_for_backward(x, w_in, w_out, t, codes)
@@ -301,7 +304,7 @@ def _fused_backward(grad_out, x, w_in, w_out, t, codes, half_l, half_width):
     grad = grad_out.detach()
     if grad.dtype != x.dtype:
         grad = grad.to(x.dtype)
-    fsq_project_backward(_rows_of(grad).numpy(), x.detach().numpy(), w_in.detach().numpy(),
+    fsq_project_backward(_numpy_rows(grad, grad.shape), x.detach().numpy(), w_in.detach().numpy(),
                          w_out.detach().t().contiguous().numpy(), t.numpy(), codes.numpy(),
                          half_l, half_width, threads,
                          grad_x.numpy(), *parts)
@@ -318,6 +321,15 @@ def _plain_linear(module, dtype):
         return False
     return all(p.device.type == "cpu" and p.dtype == dtype and type(p) in (nn.Parameter, torch.Tensor)
                for p in (module.weight, module.bias))
+
+
+def _call(module, x):
+    """``module(x)``; a hook-free ``nn.Identity`` (no projection) is skipped, not called: its module
+    call machinery costs more than the rest of a small FSQ step's Python."""
+    if type(module) is nn.Identity and not (module._forward_hooks or module._forward_pre_hooks) \
+            and not _global_module_hooks():
+        return x
+    return module(x)
 
 
 def _global_module_hooks():
@@ -351,45 +363,24 @@ def _on_numpy(x):
     return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64, torch.float16)
 
 
-#: Elements of one torch elementwise call that stays on the calling thread: torch runs a call
-#: below its grain (32,768) inline, and above it opens a parallel region.
-INLINE_CHUNK = 16384
-#: Arrays up to this size are cut into inline chunks; larger ones are worth the thread pool.
-INLINE_LIMIT = 2 ** 18
-
-
-def on_this_thread(flat):
-    """``flat`` (1-d) as views that torch's elementwise kernels run on the calling thread.
-
-    A parallel region waits for a worker to wake: a few microseconds on an idle machine,
-    milliseconds on a busy one (measured: 11 ms per tanh of 65,536 floats with the other
-    core loaded, against 0.1 ms inline). Large arrays stay whole, for the pool.
-    """
-    n = flat.numel()
-    if n > INLINE_LIMIT:
-        return (flat,)
-    return [flat[start:start + INLINE_CHUNK] for start in range(0, n, INLINE_CHUNK)]  # slices: cheaper than split
-
-
-def _bound_round_numpy(rows, constants, tiles):
+def _bound_round_numpy(z, constants, tiles, index_shape):
     """The bound/round of :class:`_BoundRound` on CPU: ``(t, codes, indices)`` as tensors.
 
-    Everything runs on the calling thread: torch's elementwise ops would open an OpenMP
-    parallel region for (16, 1024, 4), and a region waits for a worker thread to wake (6 ms
-    each, measured on a 2-core machine whose other core is busy, against 0.6 ms for the whole
-    forward + backward). The shift is numpy's add and the tanh torch's (the seed's bits); the
-    rounding, index and rescale are one compiled pass whose steps round as numpy's do.
+    ``z`` is the input as a numpy array; ``t`` comes back as (m, tiles * d) rows, ``codes``
+    shaped as ``z`` and ``indices`` as ``index_shape``. The shift is numpy's add and the tanh
+    torch's (the seed's bits); the rounding, index and rescale are one compiled pass whose
+    steps round as numpy's do. Shapes are handled in numpy, whose views cost a fraction of
+    torch's at the small sizes where the per-call cost is most of the time.
     """
-    dtype = np.float64 if rows.dtype == np.float64 else np.float32  # the bound promotes to float32 at least
+    dtype = np.float64 if z.dtype == np.float64 else np.float32  # the bound promotes to float32 at least
     shift, half_l, offset, half_width, _ = constants.fused(tiles, dtype)
-    t = np.add(rows, shift)
-    t_tensor = torch.from_numpy(t)
-    for part in on_this_thread(t_tensor.view(-1)):
-        part.tanh_()
-    codes = np.empty_like(t)
-    indices = np.empty((t.shape[0], tiles), dtype=np.int32)
+    t = np.add(z.reshape(-1, shift.shape[0]), shift)
+    t_tensor = torch.from_numpy(t).tanh_()
+    codes = np.empty(z.shape, dtype=dtype)
+    indices = np.empty(index_shape, dtype=np.int32)
     index_sum = np.empty(tiles, dtype=np.float32 if constants.exact_in_float32 else np.float64)
-    fsq_round(t, half_l, offset, half_width, constants.radix, int(constants.index_base), index_sum, codes, indices)
+    fsq_round(t, half_l, offset, half_width, constants.radix, int(constants.index_base), index_sum,
+              codes.reshape(t.shape), indices.reshape(t.shape[0], tiles))
     return t_tensor, torch.from_numpy(codes), torch.from_numpy(indices)
 
 
@@ -529,8 +520,8 @@ class FSQ(nn.Module):
                                                           self._constants)
                 out, indices = out.view(z.shape), indices.view(*z.shape[:-1], self.num_codebooks)
             else:
-                codes, indices = bound_round(self.project_in(z), self._constants)
-                out = self.project_out(codes)
+                codes, indices = bound_round(_call(self.project_in, z), self._constants)
+                out = _call(self.project_out, codes)
         out, indices = restore_layout(out, indices, layout)
         if not self.keep_num_codebooks_dim:
             indices = indices.squeeze(-1)
