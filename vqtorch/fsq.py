@@ -323,15 +323,6 @@ def _plain_linear(module, dtype):
                for p in (module.weight, module.bias))
 
 
-def _call(module, x):
-    """``module(x)``; a hook-free ``nn.Identity`` (no projection) is skipped, not called: its module
-    call machinery costs more than the rest of a small FSQ step's Python."""
-    if type(module) is nn.Identity and not (module._forward_hooks or module._forward_pre_hooks) \
-            and not _global_module_hooks():
-        return x
-    return module(x)
-
-
 def _global_module_hooks():
     """Whether hooks registered for every module are active (the fused path would skip them)."""
     from torch.nn.modules import module as module_mod
@@ -520,8 +511,8 @@ class FSQ(nn.Module):
                                                           self._constants)
                 out, indices = out.view(z.shape), indices.view(*z.shape[:-1], self.num_codebooks)
             else:
-                codes, indices = bound_round(_call(self.project_in, z), self._constants)
-                out = _call(self.project_out, codes)
+                codes, indices = bound_round(self.project_in(z), self._constants)
+                out = self.project_out(codes)
         out, indices = restore_layout(out, indices, layout)
         if not self.keep_num_codebooks_dim:
             indices = indices.squeeze(-1)
