@@ -20,10 +20,15 @@ def all_finite(x):
 def first_not_finite(named):
     """The name of the first tensor of ``named`` ((name, tensor) pairs) holding NaN or Inf, or None.
 
-    One host sync for all of them (a flag per tensor, stacked), not one per tensor.
+    One host sync for all of them: their sums, stacked (as in :func:`all_finite`, a sum is
+    non-finite whenever an element is; only a tensor whose sum overflows is checked again
+    element by element; ``isfinite(x).all()`` costs 30 times a sum on a CPU codebook).
     """
-    named = [(name, tensor) for name, tensor in named if tensor is not None]
+    named = [(name, tensor.detach()) for name, tensor in named if tensor is not None]
     if not named:
         return None
-    flags = torch.stack([torch.isfinite(tensor.detach()).all() for _, tensor in named]).tolist()
-    return next((name for (name, _), finite in zip(named, flags) if not finite), None)
+    sums = torch.stack([tensor.sum(dtype=torch.promote_types(tensor.dtype, torch.float32)) for _, tensor in named])
+    for (name, tensor), finite in zip(named, torch.isfinite(sums).tolist()):
+        if not finite and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import weakref
 
 import torch
 
@@ -51,16 +52,30 @@ def may_update_codebooks(module):
     return bool(codebooks) and (module.training or any(codebook.affine_param for codebook in codebooks))
 
 
+#: Per top module, the tensors its snapshots are copied into: allocated once and reused, since
+#: fresh memory costs page faults on every call (2.7-9 ms against 0.4 ms for a k=8,192 codebook).
+_STORES = weakref.WeakKeyDictionary()
+
+
 def _snapshot(module):
-    """(owner dict, name, tensor object, clone) for every parameter and buffer slot, shared ones once."""
+    """(slot dict, name, tensor object, copy) for every parameter and buffer slot, shared ones once."""
+    store = _STORES.setdefault(module, {})
     saved, seen = [], set()
     for owner in module.modules():
         if id(owner) in seen:
             continue
         seen.add(id(owner))
-        for slots in (owner._parameters, owner._buffers):
+        for kind, slots in (("parameter", owner._parameters), ("buffer", owner._buffers)):
             for name, tensor in slots.items():
-                saved.append((slots, name, tensor, None if tensor is None else tensor.detach().clone()))
+                copy = None
+                if tensor is not None:
+                    key = (id(owner), kind, name)
+                    copy = store.get(key)
+                    if copy is None or copy.shape != tensor.shape or copy.dtype != tensor.dtype \
+                            or copy.device != tensor.device:
+                        copy = store[key] = torch.empty_like(tensor, memory_format=torch.contiguous_format)
+                    copy.copy_(tensor.detach())
+                saved.append((slots, name, tensor, copy))
     return saved
 
 
