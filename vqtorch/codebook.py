@@ -159,8 +159,6 @@ class _Codebook(nn.Module):
 
     @torch.no_grad()
     def _init_embed(self, flatten, mask, backend):
-        if self.initted.item():
-            return
         data = flatten
         if mask is not None:
             data = flatten[mask].reshape(flatten.shape[0], -1, flatten.shape[-1])
@@ -277,9 +275,11 @@ class _Codebook(nn.Module):
                 mask = mask.reshape(c, -1)  # given in x's layout (vqtorch.layout.HeadLayout.mask)
 
             # training, affine batch statistics (eval too) and the first batch's init update state
-            updates = self.training or self.affine_param or not self.initted.item()
+            initted = bool(self.initted.item())  # the call's one host sync for it
+            updates = self.training or self.affine_param or not initted
             with state_transaction(self, active=updates):
-                quantize, indices, distances = self._step(flatten, mask, temp, freeze_codebook, need_distances)
+                quantize, indices, distances = self._step(flatten, mask, temp, freeze_codebook, need_distances,
+                                                          initted)
                 if updates:
                     self._check_state(flatten, CODEBOOK_STATE)
             quantize = quantize.view(c, b, n, d)
@@ -290,10 +290,11 @@ class _Codebook(nn.Module):
                 quantize, indices = quantize[0], indices[0]
             return quantize, indices, distances
 
-    def _step(self, flatten, mask, temp, freeze_codebook, need_distances):
+    def _step(self, flatten, mask, temp, freeze_codebook, need_distances, initted):
         """Init, statistics, search and EMA on ``flatten`` (c, m, d): ``(quantize, indices, distances)``, flat."""
         backend = select_backend(self.backend, flatten)
-        self._init_embed(flatten, mask, backend)
+        if not initted:
+            self._init_embed(flatten, mask, backend)
         if self.affine_param:
             self._update_affine(flatten, mask, backend)
             self._check_state(flatten, AFFINE_STATISTICS)  # before the search sees them
