@@ -321,3 +321,27 @@ def test_state_of_vqtorch_residual_vq_loads_and_quantizes_alike():
     np.testing.assert_array_equal(codes, indices.numpy())
     np.testing.assert_allclose(vectors, quantized.numpy(), rtol=1e-6, atol=1e-6)
     assert set(ours.state_dict()) == set(layer.state_dict())
+
+
+def test_partial_fit_refused_in_a_later_stage_leaves_every_stage_and_the_generator_unchanged(monkeypatch):
+    """Stage 2 raising (here: its EMA step) undoes stage 1's update and rewinds the shared generator."""
+    import copy
+
+    from vqcore import ResidualQuantizer
+
+    quantizer = ResidualQuantizer(dim=4, codebook_size=8, num_quantizers=2, seed=0, kmeans_init=True)
+    rng = np.random.default_rng(1)
+    quantizer.partial_fit(rng.standard_normal((64, 4)).astype(np.float32))
+    before = copy.deepcopy(quantizer.state_dict())
+    generator = copy.deepcopy(quantizer.rng.bit_generator.state)
+
+    def refuse(*args, **kwargs):
+        raise ValueError("stage 2 refused")
+    monkeypatch.setattr(quantizer._stages[0][1], "apply_ema", refuse)
+    with pytest.raises(ValueError, match="stage 2 refused"):
+        quantizer.partial_fit(rng.standard_normal((64, 4)).astype(np.float32))
+    after = quantizer.state_dict()
+    assert after.keys() == before.keys()
+    for key, value in before.items():
+        assert np.array_equal(np.asarray(after[key]), np.asarray(value)), key
+    assert quantizer.rng.bit_generator.state == generator

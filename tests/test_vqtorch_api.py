@@ -272,7 +272,7 @@ def test_a_batch_that_would_write_inf_is_refused_with_the_state_unchanged(backen
         with torch.no_grad():
             layer.project_in.weight.fill_(1.0)  # 8 * 3e38 overflows
         x[1, 3] = 3e38
-        match = "project_in turned x into NaN or Inf"
+        match = r"project_in turned x \(values up to 3e\+38 in magnitude\) into NaN or Inf"
     else:
         x[1, :10] = 3e38  # finite; ten of them in one code overflow a float32 sum
         match = "overflow"
@@ -314,3 +314,79 @@ def test_a_stack_whose_later_codebook_refuses_undoes_the_earlier_ones(backend):
     with pytest.raises(ValueError, match="overflow"):
         stack(x)
     _assert_state_is(stack, before)
+
+
+def test_an_interrupted_training_call_leaves_the_layer_unchanged():
+    """Anything that raises after the codebook step (here in project_out) undoes that step too."""
+    from vqtorch import VectorQuantize
+
+    torch.manual_seed(0)
+    layer = VectorQuantize(dim=8, codebook_size=16, codebook_dim=4).train()
+    layer(torch.randn(2, 32, 8))
+    before = _state(layer)
+    handle = layer.project_out.register_forward_hook(lambda *args: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        layer(torch.randn(2, 32, 8))
+    handle.remove()
+    _assert_state_is(layer, before)
+
+
+@pytest.mark.parametrize("stack", [False, True], ids=["VectorQuantize", "ResidualVQ"])
+def test_a_refused_call_keeps_earlier_graphs_usable(stack):
+    """Gradient accumulation: batch 1's graph, batch 2 refused, then batch 1's backward. The restore
+    writes through .data, so no saved tensor looks modified in place."""
+    from vqtorch import ResidualVQ, VectorQuantize
+
+    torch.manual_seed(0)
+    kwargs = dict(dim=8, codebook_size=16, codebook_dim=4, affine_param=True)
+    layer = (ResidualVQ(num_quantizers=2, **kwargs) if stack else
+             VectorQuantize(learnable_codebook=True, ema_update=False, **kwargs)).train()
+    layer(torch.randn(2, 10, 8))
+    x = torch.randn(2, 10, 8, requires_grad=True)
+    out, _, loss = layer(x)
+    with pytest.raises(ValueError, match="overflows"):
+        layer(torch.randn(2, 10, 8) * 1e20)
+    (out.sum() + loss.sum()).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_calls_under_inference_mode_leave_later_calls_working():
+    """Snapshot copies are normal tensors even when taken under inference_mode."""
+    from vqtorch import VectorQuantize
+
+    torch.manual_seed(0)
+    layer = VectorQuantize(dim=8, codebook_size=16, kmeans_init=True, affine_param=True).eval()
+    with torch.inference_mode():
+        layer(torch.randn(2, 32, 8))
+    layer.train()
+    layer(torch.randn(2, 32, 8))
+    assert bool(layer._codebook.initted)
+
+
+def test_a_stack_initialising_in_eval_is_undone_as_a_whole():
+    """k-means init happens in evaluation too: a later stage failing undoes the first stage's init."""
+    from vqtorch import ResidualVQ
+
+    torch.manual_seed(0)
+    stack = ResidualVQ(dim=8, codebook_size=16, num_quantizers=2, kmeans_init=True).eval()
+    before = _state(stack)
+    handle = stack.layers[1].register_forward_pre_hook(lambda *args: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        stack(torch.randn(2, 32, 8))
+    handle.remove()
+    _assert_state_is(stack, before)
+    assert not bool(stack.layers[0]._codebook.initted)
+
+
+def test_state_that_was_already_non_finite_does_not_refuse_calls_that_do_not_write_it():
+    """A frozen training call or an eval call writes no EMA state: an Inf already in embed_avg (the
+    seed can save one) is not blamed on the batch."""
+    from vqtorch import VectorQuantize
+
+    torch.manual_seed(0)
+    layer = VectorQuantize(dim=8, codebook_size=16, affine_param=True).train()
+    layer(torch.randn(2, 32, 8))
+    with torch.no_grad():
+        layer._codebook.embed_avg[0, 3, 0] = float("inf")
+    layer(torch.randn(2, 32, 8), freeze_codebook=True)
+    layer.eval()(torch.randn(2, 32, 8))

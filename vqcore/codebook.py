@@ -14,6 +14,7 @@ its own (a residual stack or a shared codebook calls them separately):
 """
 from __future__ import annotations
 
+import contextvars
 from contextlib import contextmanager
 
 import numpy as np
@@ -221,7 +222,7 @@ class _EMACodebook:
         quantize : ndarray of shape (n_codebooks, n, d), or None
         indices : ndarray of int64, shape (n_codebooks, n)
         """
-        with self._unchanged_on_error():
+        with unchanged_on_error([self]):
             self.init_embed_(x, mask)  # the seed initialises on whatever batch comes first, eval too
             self.update_statistics_(x, mask, training=training)
             codebook = self.search_codebook()
@@ -232,27 +233,40 @@ class _EMACodebook:
                 self.expire_codes(x)
         return quantize, indices
 
-    @contextmanager
-    def _unchanged_on_error(self):
-        """Run a step that may update the state; if it raises, put back every state array and the generator.
 
-        The steps check what they write, but a later one can fail after an earlier one wrote
-        (affine statistics accepted, then the EMA sums overflow): the step is all or nothing.
-        """
-        saved = {key: (value, None if value is None else value.copy())
-                 for key in self.state_shapes() for value in [getattr(self, key, None)]}
-        generator = self.rng.bit_generator.state
-        try:
-            yield
-        except BaseException:
-            for key, (value, copy) in saved.items():
-                if value is not None:
-                    value[...] = copy
-                setattr(self, key, value)
-            self.rng.bit_generator.state = generator
-            raise
 
-    __call__ = forward
+_OPEN = contextvars.ContextVar("vqcore_codebook_transaction_open", default=False)
+
+
+@contextmanager
+def unchanged_on_error(codebooks):
+    """Run a step that may update ``codebooks``; if it raises, put back every state array and generator.
+
+    The steps check what they write, but a later one can fail after an earlier one wrote
+    (affine statistics accepted, then the EMA sums overflow; stage 1 of a residual stack
+    trained, then stage 2 refused): the step is all or nothing. Inside an open transaction
+    (a stack's stage) nothing more is saved: the outer one covers it.
+    """
+    if _OPEN.get():
+        yield
+        return
+    saved = [(codebook, key, value, None if value is None else value.copy())
+             for codebook in codebooks for key in codebook.state_shapes()
+             for value in [getattr(codebook, key, None)]]
+    generators = {id(codebook.rng): (codebook.rng, codebook.rng.bit_generator.state) for codebook in codebooks}
+    token = _OPEN.set(True)
+    try:
+        yield
+    except BaseException:
+        for codebook, key, value, copy in saved:
+            if value is not None:
+                value[...] = copy
+            setattr(codebook, key, value)
+        for generator, state in generators.values():
+            generator.bit_generator.state = state
+        raise
+    finally:
+        _OPEN.reset(token)
 
 
 def gather(codebook, indices):

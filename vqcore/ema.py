@@ -115,11 +115,12 @@ def ema_update_(cluster_size, embed_avg, embed, counts, sums, *, decay, eps, met
     vectors overflow float32, and Inf must not reach the codebook.
     """
     size, average = cluster_size.copy(), embed_avg.copy()
-    _lerp_(size, counts, 1.0 - decay)
-    _lerp_(average, sums, 1.0 - decay)
-    normalized = average / laplace_smoothing(size, eps)[..., None]
-    if metric == "cosine":
-        normalized = l2_normalize(normalized)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflows are refused below, not warned about
+        _lerp_(size, counts, 1.0 - decay)
+        _lerp_(average, sums, 1.0 - decay)
+        normalized = average / laplace_smoothing(size, eps)[..., None]
+        if metric == "cosine":
+            normalized = l2_normalize(normalized)
     if not (np.isfinite(average).all() and np.isfinite(normalized).all()):
         raise ValueError("the codebook's EMA sums overflow float32 (per-code sums of this batch pass 3.4e38: its "
                          "vectors are too large); rescale x (the codebook is unchanged).")

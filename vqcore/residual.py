@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from . import _validate
 from .beam import BeamTraining, beam_encode, greedy_encode
 from .cluster import kmeans
-from .codebook import CosineSimCodebook, EuclideanCodebook
+from .codebook import CosineSimCodebook, EuclideanCodebook, unchanged_on_error
 from .comm import check_same, resolve_comm
 from .io import register
 from .linalg import l2_normalize
@@ -453,17 +453,20 @@ class ResidualQuantizer:
         """The seed's residual loop: each stage's codebook forward on the residual, then subtract."""
         codes = np.empty((rows.shape[0], self.groups, self.num_quantizers), dtype=np.int64)
         sums = []
-        for g, z in enumerate(self._group_inputs(rows)):
-            residual = z
-            total = np.zeros_like(z)
-            for i, stage in enumerate(self._stages[g]):
-                data = l2_normalize(residual) if self.use_cosine_sim else residual
-                quantize, indices = stage.forward(data[None], training=training, freeze_codebook=freeze_codebook,
-                                                  sample_codebook_temp=sample_codebook_temp)
-                residual = residual - quantize[0]
-                total += quantize[0]
-                codes[:, g, i] = indices[0]
-            sums.append(total)
+        every_stage = [stage for stages in self._stages for stage in stages]
+        with unchanged_on_error(every_stage):  # stage 2 refused: stage 1's update undone too
+            for g, z in enumerate(self._group_inputs(rows)):
+                residual = z
+                total = np.zeros_like(z)
+                for i, stage in enumerate(self._stages[g]):
+                    data = l2_normalize(residual) if self.use_cosine_sim else residual
+                    quantize, indices = stage.forward(data[None], training=training,
+                                                      freeze_codebook=freeze_codebook,
+                                                      sample_codebook_temp=sample_codebook_temp)
+                    residual = residual - quantize[0]
+                    total += quantize[0]
+                    codes[:, g, i] = indices[0]
+                sums.append(total)
         out = self._output(sums).reshape(*lead, self.dim)
         return out, self._shape_codes(codes, lead)
 

@@ -164,8 +164,13 @@ class _Codebook(nn.Module):
             data = flatten[mask].reshape(flatten.shape[0], -1, flatten.shape[-1])
         sample_fn, all_reduce = self._kmeans_hooks()
         backend = select_backend(self.backend, data, distributed_kmeans=sample_fn is not None)
-        means, counts = backend.kmeans(data, self.codebook_size, iters=self.kmeans_iters, metric=self.metric,
-                                       sample_fn=sample_fn, all_reduce=all_reduce)
+        try:
+            means, counts = backend.kmeans(data, self.codebook_size, iters=self.kmeans_iters, metric=self.metric,
+                                           sample_fn=sample_fn, all_reduce=all_reduce)
+        except ValueError as error:  # finite input: its float32 centroid sums overflowed
+            raise ValueError(f"k-means initialisation failed on this batch (values up to "
+                             f"{float(data.detach().abs().max()):.3g} in magnitude; float32 sums overflow near "
+                             f"3.4e38); rescale x (the codebook is unchanged). The search said: {error}") from error
         self.embed.data.copy_(means)
         self.embed_avg.data.copy_(means * counts.unsqueeze(-1))
         self.cluster_size.data.copy_(counts)
@@ -280,8 +285,6 @@ class _Codebook(nn.Module):
             with state_transaction(self, active=updates):
                 quantize, indices, distances = self._step(flatten, mask, temp, freeze_codebook, need_distances,
                                                           initted)
-                if updates:
-                    self._check_state(flatten, CODEBOOK_STATE)
             quantize = quantize.view(c, b, n, d)
             indices = indices.view(c, b, n)
             if distances is not None:
@@ -295,9 +298,12 @@ class _Codebook(nn.Module):
         backend = select_backend(self.backend, flatten)
         if not initted:
             self._init_embed(flatten, mask, backend)
+            self._check_state(flatten, CODEBOOK_STATE)
         if self.affine_param:
             self._update_affine(flatten, mask, backend)
-            self._check_state(flatten, AFFINE_STATISTICS)  # before the search sees them
+            # before the search sees them; only what this call wrote (a frozen or eval call writes
+            # no codebook statistics, and is not refused for state it did not make)
+            self._check_state(flatten, AFFINE_STATISTICS if self.training else AFFINE_STATISTICS[:2])
 
         embed = self.embed if self.learnable_codebook else self.embed.detach()
         if self.affine_param:
@@ -320,10 +326,12 @@ class _Codebook(nn.Module):
 
         if self.training and self.ema_update and not freeze_codebook:
             self._ema_step(flatten.detach(), indices, mask, backend)
+            self._check_state(flatten, CODEBOOK_STATE)
         return quantize, indices, distances
 
-    def _check_state(self, flatten, names=CODEBOOK_STATE + AFFINE_STATISTICS):
-        """Raise (inside the transaction, which then undoes the step) if the step left NaN or Inf in ``names``.
+    def _check_state(self, flatten, names):
+        """Raise (inside the transaction, which then undoes the step) if the step left NaN or Inf in ``names``,
+        the buffers it just wrote.
 
         Finite vectors still overflow float32 in the statistics: EMA sums near 3.4e38, affine
         variances of values near 1.8e19, k-means sums; the seed writes that Inf into the codebook.
@@ -332,7 +340,8 @@ class _Codebook(nn.Module):
         if broken is not None:
             peak = float(flatten.detach().abs().max())
             raise ValueError(f"this batch (values up to {peak:.3g} in magnitude) overflows the codebook's float32 "
-                             f"{broken}; rescale x (the codebook is unchanged).")
+                             f"{broken} (unless {broken} held NaN or Inf already); rescale x (the codebook is "
+                             "unchanged).")
 
     @torch.no_grad()
     def _ema_step(self, flatten, indices, mask, backend):

@@ -11,6 +11,7 @@ from .distributed import TorchDistComm, default_comm
 from .finite import all_finite
 from .layout import HeadLayout
 from .losses import masked_mse, orthogonal_loss
+from .transaction import state_transaction
 
 __all__ = ["VectorQuantize"]
 
@@ -214,12 +215,20 @@ class VectorQuantize(nn.Module):
     def forward(self, x, indices=None, mask=None, sample_codebook_temp=None, freeze_codebook=False):
         """Quantize ``x``; see the class notes for what is returned."""
         self._check_input(x, indices, mask)
+        # In training the whole call is one transaction: the in-place optimizer and the steps after
+        # the codebook's may fail too. In evaluation only the codebook can change, and guards itself.
+        with state_transaction(self, active=self.training):
+            return self._forward(x, indices, mask, sample_codebook_temp, freeze_codebook)
+
+    def _forward(self, x, indices, mask, sample_codebook_temp, freeze_codebook):
+        """:meth:`forward` after the input checks."""
         tokens, layout = self._to_tokens(x)
         b = tokens.shape[0]
         z = self._codebook.transform_input(self.layout.split(self.project_in(tokens)))
         if self.has_projections and not all_finite(z):  # before the codebook's statistics see them
-            raise ValueError("project_in turned x into NaN or Inf (its weights or x are too large); rescale x or "
-                             "the projection (the codebook is unchanged).")
+            raise ValueError(f"project_in turned x (values up to {float(tokens.detach().abs().max()):.3g} in "
+                             "magnitude) into NaN or Inf; rescale x or the projection's weights (the codebook is "
+                             "unchanged).")
         z_mask = None if mask is None else self.layout.mask(mask)
         quantize, codes, distances, commit_quantize = self._quantize(
             z, z_mask, need_distances=indices is not None, sample_codebook_temp=sample_codebook_temp,
