@@ -273,3 +273,22 @@ def test_subnormal_float64_spreads_scale_by_the_largest_power_of_two():
     tiny = 2.22507386e-311
     x = np.array([[0.0, tiny, tiny], [tiny, tiny, tiny], [tiny, tiny, tiny], [tiny, 0.0, tiny]])
     np.testing.assert_array_equal(vqcore.nearest(x, x[:2]), [0, 1, 1, 1])
+
+
+def test_cosine_on_subnormal_rows_is_exact_and_finite():
+    """Rows of subnormal float64 values against codes near 1e-127: their dot products (near 1e-450)
+    underflow float64, but the search ranks rows and codes each at their own power of two, so the
+    exact largest product wins. The kernel's fast-math used to reassociate the scaled product into
+    (x * c) * (2**1023 * scale) = 0 * inf: NaN scores, index -1, 'x contains NaN or Inf'."""
+    from fractions import Fraction
+
+    codebook = np.array([[-2.98e-128, -3.45e-128, -2.51e-127, -8.58e-128, -1.90e-128],
+                         [1.50e-127, 1.60e-128, 1.40e-127, -3.90e-128, -2.50e-128]])
+    x = np.array([[1e-323, -1.5e-323, 0.0, 0.0, 0.0],
+                  [1e-310, -1.5e-310, 5e-311, 0.0, 0.0],
+                  [-2.3e-308, 1e-308, 0.0, 0.0, 4e-309]])
+    got, scores = vqcore.nearest(x, codebook, metric="cosine", return_distances=True)
+    for row, code in zip(x, got):
+        exact = [sum(Fraction(a) * Fraction(b) for a, b in zip(row, c)) for c in codebook]
+        assert code == max(range(len(codebook)), key=lambda j: (exact[j], -j))
+    assert np.isfinite(scores).all()

@@ -43,14 +43,16 @@ def block_rows(n, k, d, itemsize, nthreads):
     return max(1, min(rows, per_thread))
 
 
-@jit(inline="always")
+@jit(exact=True)
 def exact_score(x, r, codebook, j, scale, row_scale, cosine):
     """The reference score of code ``j`` for row ``r``, in float64 from the given values.
 
     Euclidean: ``sum(((x - c) * scale)**2)`` (the squared distance in scaled
     units).  Cosine: ``-sum((x * row_scale) * (c * scale))`` (smaller = closer
     in both cases).  Powers of two scale exactly, so the order is that of the
-    unscaled values, without overflow.
+    unscaled values, without overflow.  Compiled without fast-math, also where
+    the calling kernel has it: reassociated, ``(x * c) * (row_scale * scale)``
+    underflows and overflows into 0 * inf = NaN for subnormal rows.
     """
     d = x.shape[1]
     acc = 0.0
@@ -234,12 +236,16 @@ def finish_row(x, r, codebook, scores_row, bias, bound, row_scale, status, scale
     finish_code(r, j, v, count, row_scale, scale, cosine, indices, dist, candidates, record)
 
 
-@jit(inline="always")
+@jit(exact=True)
 def finish_code(r, j, v, count, row_scale, scale, cosine, indices, dist, candidates, record):
-    """Write row ``r``'s code ``j``, its distance from the exact score ``v``, and its candidate count."""
+    """Write row ``r``'s code ``j``, its distance from the exact score ``v``, and its candidate count.
+
+    Without fast-math (see :func:`exact_score`): one power of two at a time, since their
+    product can overflow where each division alone is exact.
+    """
     indices[r] = j
     # back to unscaled units: the distance (its square could underflow), or the dot product for cosine
-    dist[r] = -v / (row_scale * scale) if cosine else np.sqrt(v) / scale
+    dist[r] = (-v / row_scale) / scale if cosine else np.sqrt(v) / scale
     if record:
         candidates[r] = count
 
