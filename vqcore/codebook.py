@@ -233,6 +233,7 @@ class _EMACodebook:
                 self.expire_codes(x)
         return quantize, indices
 
+    __call__ = forward
 
 
 _OPEN = contextvars.ContextVar("vqcore_codebook_transaction_open", default=False)

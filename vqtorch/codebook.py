@@ -29,6 +29,7 @@ _AFFINE_LAZY = ("batch_mean", "batch_variance")
 CODEBOOK_STATE = ("embed", "embed_avg", "cluster_size")
 AFFINE_STATISTICS = ("batch_mean", "batch_variance", "codebook_mean", "codebook_variance")
 
+
 def _kaiming_uniform(*shape):
     t = torch.empty(shape)
     nn.init.kaiming_uniform_(t)

@@ -12,7 +12,7 @@ def all_finite(x):
     from finite values needs the element-wise check.
     """
     x = x.detach()
-    if torch.isfinite(x.sum(dtype=torch.promote_types(x.dtype, torch.float32))):
+    if torch.isfinite(_sum(x)):
         return True
     return bool(torch.isfinite(x).all())
 
@@ -27,8 +27,13 @@ def first_not_finite(named):
     named = [(name, tensor.detach()) for name, tensor in named if tensor is not None]
     if not named:
         return None
-    sums = torch.stack([tensor.sum(dtype=torch.promote_types(tensor.dtype, torch.float32)) for _, tensor in named])
+    sums = torch.stack([_sum(tensor) for _, tensor in named])
     for (name, tensor), finite in zip(named, torch.isfinite(sums).tolist()):
         if not finite and not bool(torch.isfinite(tensor).all()):
             return name
     return None
+
+
+def _sum(x):
+    """The sum the checks read, in float32 at least (a half-precision sum overflows from finite values)."""
+    return x.sum(dtype=torch.promote_types(x.dtype, torch.float32))

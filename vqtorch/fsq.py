@@ -5,8 +5,8 @@ straight-through gradient (https://arxiv.org/abs/2309.15505). The bound, the rou
 rescaling and the index are one fused step (:class:`_BoundRound`) instead of a dozen tensor
 operations, and the level constants are computed once per device instead of per call. On CPU
 the steps around torch's ``tanh`` run as one compiled pass each way on the calling thread (see
-:func:`_bound_round_numpy`), and with projections the two ``nn.Linear`` and the bound run as compiled passes over the rows
-(:class:`_ProjectedBoundRound`).
+:func:`_bound_round_numpy`), and with projections the two ``nn.Linear`` and the bound run as
+compiled passes over the rows (:class:`_ProjectedBoundRound`).
 """
 from __future__ import annotations
 
