@@ -388,5 +388,14 @@ def test_state_that_was_already_non_finite_does_not_refuse_calls_that_do_not_wri
     layer(torch.randn(2, 32, 8))
     with torch.no_grad():
         layer._codebook.embed_avg[0, 3, 0] = float("inf")
-    layer(torch.randn(2, 32, 8), freeze_codebook=True)
-    layer.eval()(torch.randn(2, 32, 8))
+    for call in (lambda x: layer.train()(x, freeze_codebook=True), lambda x: layer.eval()(x)):
+        before = _state(layer)
+        x = torch.randn(2, 32, 8)
+        out, indices, _ = call(x)  # not refused
+        assert out.shape == x.shape and torch.isfinite(out).all() and indices.shape == (2, 32)
+        after = layer.state_dict()
+        assert torch.equal(after["_codebook.embed_avg"], before["_codebook.embed_avg"])  # Inf left as it was
+        assert torch.equal(after["_codebook.embed"], before["_codebook.embed"])
+        # the call did run: it updated the affine batch statistics, which it checks
+        assert not torch.equal(after["_codebook.batch_mean"], before["_codebook.batch_mean"])
+        assert torch.isfinite(after["_codebook.batch_mean"]).all()
