@@ -336,3 +336,16 @@ def test_a_batch_that_overflows_float32_is_refused_with_the_quantizer_unchanged(
     for key, value in before.items():
         assert np.array_equal(after[key], value), key
     quantizer.partial_fit(rng.standard_normal((64, 8)).astype(np.float32))  # still usable
+
+
+def test_codebooks_are_callable_as_their_forward():
+    """``codebook(x)`` is ``codebook.forward(x)`` (the seed's modules are called)."""
+    import copy
+
+    from vqcore import EuclideanCodebook
+
+    x = np.random.default_rng(0).standard_normal((1, 32, 4)).astype(np.float32)
+    called = EuclideanCodebook(dim=4, codebook_size=8, seed=0)
+    forwarded = copy.deepcopy(called)
+    for got, want in zip(called(x), forwarded.forward(x)):
+        np.testing.assert_array_equal(got, want)
